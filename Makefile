@@ -1,0 +1,44 @@
+# make test   create .venv, install the project with every test dependency, run the suite
+# make lab    run the CPU lab (estimator bench + mismatch lab) on its defaults -> lab_results/
+# make bench  loss-function benchmark against upstream OpenRLHF 0.11.2 -> bench_results/
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# torch 2.13.0 (CPU build) installs from this machine's disk; an unpinned torch would pull CUDA wheels.
+TORCH := torch==2.13.0
+
+.PHONY: test lab bench clean
+
+$(VENV)/.base:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH)
+	touch $@
+
+# Full CPU environment: upstream OpenRLHF 0.11.2 --no-deps plus everything it imports.
+$(VENV)/.test: $(VENV)/.base pyproject.toml requirements-cpu.txt
+	$(PIP) install -q -r requirements-cpu.txt
+	# vLLM drags in torchvision/torchaudio builds that cannot load against the CPU torch.
+	$(PIP) uninstall -q -y torchvision torchaudio || true
+	$(PIP) install -q --no-build-isolation deepspeed==0.19.6
+	$(PIP) install -q --no-deps openrlhf==0.11.2
+	$(PIP) install -q -e '.[test,lab]'
+	touch $@
+
+# The lab needs torch, Ray and plotting only.
+$(VENV)/.lab: $(VENV)/.base pyproject.toml
+	$(PIP) install -q -e '.[lab]' wandb
+	touch $@
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q
+
+lab: $(VENV)/.lab
+	$(PY) -m openrlhf_offpolicy.lab --out lab_results
+
+bench: $(VENV)/.test
+	$(PY) benchmarks/bench_loss.py --out bench_results
+
+clean:
+	rm -rf $(VENV) lab_results bench_results

@@ -1,0 +1,36 @@
+"""Off-policy corrections and policy losses for LLM RL under rollout/training mismatch.
+
+Pure torch: nothing here imports OpenRLHF. Importing the package registers every method:
+
+    CORRECTIONS    mismatch corrections (``vllm_is_correction_type``), modules token_is,
+                   sequence_is, prefix_is, trust_region
+    POLICY_LOSSES  policy losses (``policy_loss_type``), modules ppo, sapo, cispo, dppo, is_reshape
+    DIVERGENCES    per-token divergences read by TRM and DPPO, module divergences
+"""
+
+from . import cispo, dppo, is_reshape, ppo, prefix_is, sapo, sequence_is, token_is, trust_region  # noqa: F401
+from .aggregation import aggregate_loss
+from .batch import Correction, PolicyBatch, Surrogate, TopK
+from .config import OffPolicyConfig, correction_choices, method_params, resolve_config
+from .divergences import DIVERGENCES
+from .gates import CORRECTIONS, NO_CORRECTION
+from .losses import POLICY_LOSSES
+from .registry import Param, Registry
+
+__all__ = [
+    "CORRECTIONS",
+    "DIVERGENCES",
+    "NO_CORRECTION",
+    "POLICY_LOSSES",
+    "Correction",
+    "OffPolicyConfig",
+    "Param",
+    "PolicyBatch",
+    "Registry",
+    "Surrogate",
+    "TopK",
+    "aggregate_loss",
+    "correction_choices",
+    "method_params",
+    "resolve_config",
+]

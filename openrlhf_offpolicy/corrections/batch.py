@@ -1,0 +1,147 @@
+"""The inputs every method reads and the two kinds of result methods return.
+
+``PolicyBatch`` is built once per ``PolicyLoss.forward`` call, already in float32 with every
+non-finite or masked-out entry replaced by 0, so no method has to guard against NaN/Inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Dict, Optional
+
+import torch
+
+from .stats import clamp_log_ratio
+
+
+@dataclass
+class TopK:
+    """Rollout top-K log-probs and the current policy's log-probs at the same ids (SPEC §3.3).
+
+    ``ids``: ``[B, T, K]`` int token ids of TopK(mu); ``rollout_log_probs``: ``[B, T, K]`` log mu at
+    those ids; ``log_probs``: ``[B, T, K]`` log pi_theta at those ids (detached). Padding slots of
+    a row with fewer than K entries carry ``valid == False``.
+    """
+
+    ids: torch.Tensor
+    rollout_log_probs: torch.Tensor
+    log_probs: torch.Tensor
+    valid: torch.Tensor
+
+
+@dataclass
+class PolicyBatch:
+    """One micro-batch, ``[B, T]`` over action positions.
+
+    log_probs:          log pi_theta (carries the gradient)
+    old_log_probs:      log pi_old, the trainer's recomputation at rollout time (detached)
+    rollout_log_probs:  log pi_roll = log mu, the sampler's log-probs (detached), or None
+    mask:               float 0/1, action tokens whose inputs are all finite
+    """
+
+    log_probs: torch.Tensor
+    old_log_probs: torch.Tensor
+    advantages: torch.Tensor
+    mask: torch.Tensor
+    rollout_log_probs: Optional[torch.Tensor] = None
+    topk: Optional[TopK] = None
+
+    @cached_property
+    def log_rho(self) -> torch.Tensor:
+        """Mismatch log-ratio ``log(pi_old / pi_roll)``, clamped, 0 off the mask (detached)."""
+        if self.rollout_log_probs is None:
+            raise ValueError("this method needs rollout_log_probs (pi_roll), but none were given")
+        return clamp_log_ratio(self.old_log_probs - self.rollout_log_probs) * self.mask
+
+    @cached_property
+    def log_ratio(self) -> torch.Tensor:
+        """PPO log-ratio ``log(pi_theta / pi_old)``, clamped (carries the gradient)."""
+        return clamp_log_ratio(self.log_probs - self.old_log_probs)
+
+    @property
+    def behaviour_log_probs(self) -> torch.Tensor:
+        """log mu: the rollout policy when its log-probs are known, else pi_old."""
+        return self.rollout_log_probs if self.rollout_log_probs is not None else self.old_log_probs
+
+
+@dataclass
+class Correction:
+    """What a mismatch correction returns.
+
+    coef:      detached ``[B, T]`` coefficient c_t multiplying the per-token policy loss;
+               0 where the gate rejects.
+    rejected:  ``[B, T]`` bool, tokens whose contribution the gate removed.
+    filtered:  out-of-band units (rejected or clamped), ``[B, T]`` for a token-level gate or
+               ``[B]`` for a sequence-level one; this is upstream's ``is_filter_ratio`` unit.
+    """
+
+    coef: torch.Tensor
+    rejected: torch.Tensor
+    filtered: torch.Tensor
+    metrics: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Surrogate:
+    """What a policy loss returns: the per-token loss (with gradient) and its clipped tokens."""
+
+    loss: torch.Tensor
+    clipped: torch.Tensor
+    metrics: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _as_2d(name: str, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.shape == shape:
+        return value
+    if name == "advantages" and value.shape in {shape[:1], torch.Size([shape[0], 1])}:
+        return value.reshape(shape[0], 1).expand(shape)  # a per-sequence advantage
+    raise ValueError(f"{name} has shape {tuple(value.shape)} but log_probs has shape {tuple(shape)}")
+
+
+def make_policy_batch(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    action_mask: Optional[torch.Tensor] = None,
+    rollout_log_probs: Optional[torch.Tensor] = None,
+    topk: Optional[TopK] = None,
+):
+    """Validate shapes, compute in float32 (float64 stays float64), and mask non-finite tokens.
+
+    Returns ``(batch, action_mask, nonfinite)``: ``action_mask`` is the float mask as given (the
+    aggregation denominator), ``batch.mask`` additionally drops tokens where any input is NaN/Inf,
+    whose entries are replaced by 0 so no NaN reaches the loss or its gradient; ``nonfinite`` is
+    the ``[B, T]`` bool of those dropped action tokens.
+    """
+    if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 2:
+        shape = tuple(log_probs.shape) if isinstance(log_probs, torch.Tensor) else type(log_probs).__name__
+        raise ValueError(f"log_probs must be a [batch, actions] tensor, got {shape}")
+    shape = log_probs.shape
+    dtype = torch.float64 if log_probs.dtype == torch.float64 else torch.float32
+    inputs = {
+        "old_log_probs": _as_2d("old_log_probs", old_log_probs, shape),
+        "advantages": _as_2d("advantages", advantages, shape),
+    }
+    if rollout_log_probs is not None:
+        inputs["rollout_log_probs"] = _as_2d("rollout_log_probs", rollout_log_probs, shape)
+    mask = torch.ones(shape, dtype=dtype, device=log_probs.device)
+    if action_mask is not None:
+        mask = _as_2d("action_mask", action_mask, shape).to(dtype)
+
+    log_probs = log_probs.to(dtype)
+    inputs = {k: v.detach().to(dtype) for k, v in inputs.items()}
+    finite = torch.isfinite(log_probs.detach())
+    for value in inputs.values():
+        finite &= torch.isfinite(value)
+    valid = finite & (mask > 0)
+    zero = torch.zeros((), dtype=dtype, device=log_probs.device)
+    batch = PolicyBatch(
+        log_probs=torch.where(valid, log_probs, zero),
+        mask=valid.to(dtype),
+        topk=topk,
+        **{k: torch.where(valid, v, zero) for k, v in inputs.items()},
+    )
+    return batch, mask, ~finite & (mask > 0)

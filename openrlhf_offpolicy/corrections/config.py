@@ -1,0 +1,235 @@
+"""Resolve ``PolicyLoss`` keyword arguments into one validated ``OffPolicyConfig``.
+
+Three kinds of arguments are accepted (SPEC §3):
+  * upstream OpenRLHF 0.11.2: clip_eps_low/high, dual_clip, token_level_loss, policy_loss_type and
+    the ``is_correction_{level,mode,gating,threshold}`` gate;
+  * seed-style (the 0.9.x fork API): ``enable_vllm_is_correction``,
+    ``vllm_is_truncated_threshold``, ``vllm_is_correction_type``;
+  * method parameters, each declared by the method that reads it (``Param`` in its registration).
+
+Both correction APIs may be given only if they mean the same correction. Every problem is a
+``ValueError`` raised here, at construction, before any tensor is touched; the CLI calls the same
+function so a bad flag fails before Ray starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+from .divergences import DIVERGENCES
+from .gates import CORRECTIONS, NO_CORRECTION
+from .losses import POLICY_LOSSES
+from .registry import Param
+
+DEFAULT_THRESHOLD = (0.5, 5.0)
+
+# Upstream 0.11.2's (level, mode, gating) gate, expressed as the registered correction it equals.
+UPSTREAM_GATES = {
+    ("token", "clip", "ratio"): "tis",
+    ("token", "mask", "ratio"): "icepop",
+    ("seq", "mask", "ratio"): "seq-mask-tis",
+    ("token", "mask", "binary_kl"): "binary-kl-mask",
+    ("seq", "mask", "binary_kl"): "seq-binary-kl-mask",
+    ("token", "mask", "tv"): "tv-mask",
+    ("seq", "mask", "tv"): "seq-tv-mask",
+}
+
+
+def method_params() -> Dict[str, Param]:
+    """Every method parameter declared by a registered correction, policy loss or divergence."""
+    out: Dict[str, Param] = {}
+    for registry in (CORRECTIONS, POLICY_LOSSES, DIVERGENCES):
+        for entry in registry:
+            for p in entry.params:
+                out[p.name] = p
+    return out
+
+
+def correction_choices() -> list:
+    """Values accepted by ``vllm_is_correction_type`` / ``--vllm_is_correction_type``."""
+    return CORRECTIONS.names(with_aliases=True, hidden=False)
+
+
+@dataclass(frozen=True)
+class OffPolicyConfig:
+    """Everything a ``PolicyLoss`` needs, validated. Method parameters read as attributes."""
+
+    policy_loss_type: str = "ppo"
+    correction: str = NO_CORRECTION
+    threshold: Tuple[float, float] = DEFAULT_THRESHOLD
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    dual_clip: Optional[float] = None
+    token_level_loss: bool = True
+    anchor_on_rollout: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        params = object.__getattribute__(self, "params")
+        if name in params:
+            return params[name]
+        raise AttributeError(f"OffPolicyConfig has no field or method parameter {name!r}")
+
+    @property
+    def correction_enabled(self) -> bool:
+        return self.correction != NO_CORRECTION
+
+    @property
+    def divergences(self) -> Tuple[str, ...]:
+        """Divergences the selected methods read (to check their data needs)."""
+        names = []
+        if self.correction == "trm":
+            names.append(self.params["trm_divergence"])
+        if self.policy_loss_type == "dppo":
+            names.append(self.params["dppo_divergence"])
+        return tuple(names)
+
+    @property
+    def needs_rollout_log_probs(self) -> bool:
+        return self.correction_enabled or self.anchor_on_rollout
+
+    @property
+    def needs_topk(self) -> bool:
+        return any(DIVERGENCES.get(d).needs_topk for d in self.divergences)
+
+    def describe(self) -> Dict[str, Any]:
+        """A flat, printable view (for ``--dry_run`` and run names)."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "params"}
+        out.update(self.params)
+        return out
+
+
+def _threshold(value: Optional[Sequence[float]], name: str) -> Tuple[float, float]:
+    if value is None:
+        return DEFAULT_THRESHOLD
+    try:
+        values = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be LOW HIGH (or a single HIGH), got {value!r}") from None
+    if len(values) == 1:  # a single value is an upper bound only (upstream 0.11.2 CLI semantics)
+        values.insert(0, 0.0)
+    if len(values) != 2:
+        raise ValueError(f"{name} must be LOW HIGH (or a single HIGH), got {value!r}")
+    return values[0], values[1]
+
+
+def upstream_correction(level: str, mode: str, gating: str) -> Optional[str]:
+    """The correction upstream 0.11.2's ``is_correction_*`` kwargs select (None when off)."""
+    if level not in {"off", "token", "seq"}:
+        raise ValueError(f"is_correction_level must be off/token/seq, got {level!r}")
+    if mode not in {"mask", "clip"}:
+        raise ValueError(f"is_correction_mode must be mask/clip, got {mode!r}")
+    if gating not in {"ratio", "binary_kl", "tv"}:
+        raise ValueError(f"is_correction_gating must be ratio/binary_kl/tv, got {gating!r}")
+    if mode == "clip" and (level == "seq" or gating != "ratio"):
+        raise ValueError("is_correction_mode=clip requires is_correction_level=token and is_correction_gating=ratio")
+    if level == "off":
+        return None
+    return UPSTREAM_GATES[(level, mode, gating)]
+
+
+def check_threshold(correction: str, threshold: Tuple[float, float]) -> None:
+    kind = CORRECTIONS.get(correction).threshold
+    low, high = threshold
+    if kind == "ratio":
+        if not (0.0 <= low <= 1.0 <= high and low < high):
+            raise ValueError(
+                f"correction {correction!r} reads [low, high] as a ratio band and needs 0 <= low <= 1 <= high "
+                f"with low < high; got [{low}, {high}]"
+            )
+    elif kind == "divergence":
+        if low != 0.0 or not high > 0.0:
+            raise ValueError(
+                f"correction {correction!r} gates a divergence and takes an upper bound only (a single delta > 0, "
+                f"i.e. threshold [0, delta]); got [{low}, {high}]"
+            )
+
+
+def resolve_config(
+    *,
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float = 0.2,
+    dual_clip: Optional[float] = None,
+    token_level_loss: bool = True,
+    policy_loss_type: str = "ppo",
+    is_correction_level: str = "off",
+    is_correction_mode: str = "mask",
+    is_correction_gating: str = "ratio",
+    is_correction_threshold: Optional[Sequence[float]] = DEFAULT_THRESHOLD,
+    enable_vllm_is_correction: bool = False,
+    vllm_is_truncated_threshold: Optional[Sequence[float]] = DEFAULT_THRESHOLD,
+    vllm_is_correction_type: str = "tis",
+    **method_kwargs: Any,
+) -> OffPolicyConfig:
+    """Validate every argument and return the resolved configuration (ValueError on bad input)."""
+    declared = method_params()
+    unknown = sorted(set(method_kwargs) - set(declared))
+    if unknown:
+        raise ValueError(f"unknown PolicyLoss argument(s) {unknown}; method parameters are {sorted(declared)}")
+    params = {name: p.validate(method_kwargs.get(name, p.default)) for name, p in declared.items()}
+
+    loss = POLICY_LOSSES.get(policy_loss_type)
+    if dual_clip is not None and not dual_clip > 1.0:
+        raise ValueError(f"dual_clip must be > 1.0, got {dual_clip}")
+    if not 0.0 <= clip_eps_low < 1.0 or not clip_eps_high >= 0.0:
+        raise ValueError(f"need 0 <= clip_eps_low < 1 and clip_eps_high >= 0, got {clip_eps_low}, {clip_eps_high}")
+
+    # The two correction APIs, each resolved to (registered name, threshold) or None.
+    upstream = upstream_correction(is_correction_level, is_correction_mode, is_correction_gating)
+    upstream_choice = None
+    if upstream is not None:
+        upstream_choice = (upstream, _threshold(is_correction_threshold, "is_correction_threshold"))
+    seed_choice = None
+    if enable_vllm_is_correction:
+        if vllm_is_correction_type not in correction_choices():
+            raise ValueError(
+                f"unknown vllm_is_correction_type {vllm_is_correction_type!r}; choose from {correction_choices()}"
+            )
+        seed_choice = (
+            CORRECTIONS.canonical(vllm_is_correction_type),
+            _threshold(vllm_is_truncated_threshold, "vllm_is_truncated_threshold"),
+        )
+    if upstream_choice and seed_choice and upstream_choice != seed_choice:
+        raise ValueError(
+            "conflicting correction settings: is_correction_level/mode/gating/threshold select "
+            f"{upstream_choice[0]!r} {list(upstream_choice[1])} but enable_vllm_is_correction/"
+            f"vllm_is_correction_type/vllm_is_truncated_threshold select {seed_choice[0]!r} {list(seed_choice[1])}"
+        )
+    correction, threshold = seed_choice or upstream_choice or (NO_CORRECTION, DEFAULT_THRESHOLD)
+    correction_entry = CORRECTIONS.get(correction)
+    if correction != NO_CORRECTION:
+        check_threshold(correction, threshold)
+
+    anchor_on_rollout = False
+    if correction != NO_CORRECTION:
+        if not loss.accepts_correction:
+            raise ValueError(
+                f"policy_loss_type={loss.name!r} already anchors its importance weight on the rollout policy mu; "
+                f"combining it with the vllm_is correction {correction!r} applies the mismatch twice. "
+                "Disable the correction."
+            )
+        if loss.anchors_on_rollout:
+            if not correction_entry.legacy:
+                raise ValueError(
+                    f"policy_loss_type={loss.name!r} (upstream semantics) measures its sequence ratio against "
+                    f"pi_roll and applies no correction coefficient, so {correction!r} would be ignored; "
+                    "use policy_loss_type='gspo_token' to combine a sequence-level ratio with this correction"
+                )
+            anchor_on_rollout, correction = True, NO_CORRECTION
+
+    config = OffPolicyConfig(
+        policy_loss_type=loss.name,
+        correction=correction,
+        threshold=threshold,
+        clip_eps_low=float(clip_eps_low),
+        clip_eps_high=float(clip_eps_high),
+        dual_clip=None if dual_clip is None else float(dual_clip),
+        token_level_loss=bool(token_level_loss) and not loss.sequence_level,
+        anchor_on_rollout=anchor_on_rollout,
+        params=params,
+    )
+    validate = CORRECTIONS.get(config.correction).meta.get("validate")
+    if validate is not None:
+        validate(config)
+    return config

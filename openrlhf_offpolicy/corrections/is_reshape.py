@@ -1,0 +1,99 @@
+"""IS-Reshape: bell-shaped gradient weights from localisation kernels (seeds/003, v6.0).
+
+For a kernel K with K(0) = 1 and its antiderivative F_K(r) = int_1^r K(t - 1) dt, the loss
+    loss_t = -A_t [(1 - g) log r_t + g F_K(r_t)],   r_t = pi_theta / pi_old,  g detached,
+has the gradient weight (on A_t grad log pi_theta)
+    w(r) = (1 - g) + g r K(r - 1):
+g = 0 is SFT-like (weight 1), g = 1 is IS with a localised weight that decays for |r - 1| large.
+Kernels (width w):
+    sech2     K = sech^2(x/w),         F = w tanh((r-1)/w)
+    gaussian  K = exp(-x^2 / (2 w^2)), F = w sqrt(pi/2) erf((r-1) / (w sqrt 2))
+    cauchy    K = 1 / (1 + x^2/w^2),   F = w arctan((r-1)/w)
+    laplace   K = exp(-|x|/w),         F = sign(r-1) w (1 - exp(-|r-1|/w))
+g (T = is_reshape_temp, g0 = is_reshape_gamma):
+    fixed        g = g0
+    correctness  g = g0 + (1 - g0) sigmoid(-A log r / T)   (more RL-like when the policy is "wrong")
+    advantage    g = sigmoid(|A| / T)                        (more RL-like for strong reward signal)
+SAPO is the special case sech2 with w = 2/tau and g = 1 (same gradients; losses differ by a
+constant times A).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .batch import PolicyBatch, Surrogate
+from .losses import POLICY_LOSSES, no_clipping, token_mean
+from .registry import Param, Registry, positive, unit_interval
+from .stats import safe_exp
+
+KERNELS = Registry("IS-Reshape kernel")
+GAMMA_MODES = Registry("IS-Reshape gamma mode")
+
+
+@KERNELS.register("sech2")
+def sech2_kernel(x: torch.Tensor, w: float):
+    """Returns (K(x), F) with x = r - 1."""
+    t = torch.tanh(x / w)
+    return 1 - t * t, w * t
+
+
+@KERNELS.register("gaussian")
+def gaussian_kernel(x: torch.Tensor, w: float):
+    return torch.exp(-(x * x) / (2 * w * w)), w * math.sqrt(math.pi / 2) * torch.erf(x / (w * math.sqrt(2)))
+
+
+@KERNELS.register("cauchy")
+def cauchy_kernel(x: torch.Tensor, w: float):
+    u = x / w
+    return 1 / (1 + u * u), w * torch.atan(u)
+
+
+@KERNELS.register("laplace")
+def laplace_kernel(x: torch.Tensor, w: float):
+    decay = torch.exp(-x.abs() / w)
+    return decay, torch.sign(x) * w * (1 - decay)
+
+
+@GAMMA_MODES.register("fixed")
+def fixed_gamma(advantages, log_ratio, g0: float, temp: float):
+    return torch.full_like(advantages, g0)
+
+
+@GAMMA_MODES.register("correctness")
+def correctness_gamma(advantages, log_ratio, g0: float, temp: float):
+    return g0 + (1 - g0) * torch.sigmoid(-advantages * log_ratio / temp)
+
+
+@GAMMA_MODES.register("advantage")
+def advantage_gamma(advantages, log_ratio, g0: float, temp: float):
+    return torch.sigmoid(advantages.abs() / temp)
+
+
+@POLICY_LOSSES.register(
+    "is_reshape",
+    source="IS-Reshape (seeds/003: 'IS Reshape: from f-divergence to localisation kernels', v6.0)",
+    params=(
+        Param("is_reshape_kernel", "sech2", "IS-Reshape kernel", type=str, choices=KERNELS.names),
+        Param("is_reshape_width", 1.0, "IS-Reshape kernel width w", check=positive),
+        Param("is_reshape_gamma", 1.0, "IS-Reshape mixing g0 between SFT (0) and kernel IS (1)", check=unit_interval),
+        Param(
+            "is_reshape_gamma_mode", "fixed", "IS-Reshape rule for g", type=str, choices=GAMMA_MODES.names
+        ),
+        Param("is_reshape_temp", 1.0, "IS-Reshape temperature T of the adaptive g", check=positive),
+    ),
+)
+def is_reshape_loss(batch: PolicyBatch, cfg) -> Surrogate:
+    """loss_t = -A_t [(1 - g) log r_t + g F_K(r_t)]; gradient weight (1 - g) + g r_t K(r_t - 1)."""
+    log_ratio = batch.log_ratio
+    ratio = safe_exp(log_ratio)
+    kernel, integral = KERNELS.get(cfg.is_reshape_kernel).fn(ratio - 1, cfg.is_reshape_width)
+    gamma_fn = GAMMA_MODES.get(cfg.is_reshape_gamma_mode).fn
+    g = gamma_fn(batch.advantages, log_ratio.detach(), cfg.is_reshape_gamma, cfg.is_reshape_temp).detach()
+    loss = -batch.advantages * ((1 - g) * log_ratio + g * integral)
+    weight = (1 - g) + g * ratio.detach() * kernel.detach()
+    return Surrogate(
+        loss=loss, clipped=no_clipping(batch), metrics={"is_reshape/weight_mean": token_mean(weight, batch)}
+    )

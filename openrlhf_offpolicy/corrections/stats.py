@@ -1,0 +1,79 @@
+"""Masked reductions and numerically safe ratio helpers shared by every method.
+
+Conventions (SPEC §1): tensors are ``[B, T]`` over action positions, ``mask`` is a float 0/1
+tensor of the same shape, and every mean or sum runs over masked-in tokens only. Log-ratios are
+clamped to ``[-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP]`` before ``exp`` so no ratio overflows float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LOG_RATIO_CLAMP = 20.0
+
+
+def clamp_log_ratio(log_ratio: torch.Tensor) -> torch.Tensor:
+    return log_ratio.clamp(min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
+
+
+def safe_exp(log_ratio: torch.Tensor) -> torch.Tensor:
+    """``exp(clamp(log_ratio, -20, 20))``: a ratio that cannot overflow float32."""
+    return clamp_log_ratio(log_ratio).exp()
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    return (x * mask).sum() if dim is None else (x * mask).sum(dim=dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    """Mean over masked-in entries; 0 where nothing is masked in (never NaN)."""
+    return masked_sum(x, mask, dim) / (mask.sum() if dim is None else mask.sum(dim=dim)).clamp(min=1.0)
+
+
+def seq_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence sum over tokens, ``[B]``."""
+    return masked_sum(x, mask, dim=-1)
+
+
+def seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean over tokens, ``[B]``; 0 for a sequence without tokens."""
+    return masked_mean(x, mask, dim=-1)
+
+
+def prefix_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Causal running mean ``mean_{s<=t, mask_s=1} x_s`` at every position, ``[B, T]``."""
+    running_sum = torch.cumsum(x * mask, dim=-1)
+    running_count = torch.cumsum(mask, dim=-1).clamp(min=1.0)
+    return running_sum / running_count
+
+
+def seq_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence max over tokens, ``[B]``; 0 for a sequence without tokens."""
+    filled = torch.where(mask > 0, x, torch.full_like(x, float("-inf")))
+    out = filled.max(dim=-1).values
+    return torch.where(mask.sum(dim=-1) > 0, out, torch.zeros_like(out))
+
+
+def broadcast_seq(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Spread a per-sequence ``[B]`` tensor over the tokens of ``like`` (``[B, T]``)."""
+    return values.unsqueeze(-1).expand_as(like)
+
+
+def in_band(stat: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``low <= stat <= high`` (boolean)."""
+    return (stat >= low) & (stat <= high)
+
+
+def log_in_band(log_stat: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``low <= exp(log_stat) <= high`` decided in log space, so huge ratios never overflow."""
+    log_low = float("-inf") if low <= 0 else torch.log(torch.tensor(low, dtype=torch.float64)).item()
+    log_high = torch.log(torch.tensor(high, dtype=torch.float64)).item()
+    return (log_stat >= log_low) & (log_stat <= log_high)
+
+
+def normalized_ess(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Normalised effective sample size ``(sum w)^2 / (n sum w^2)`` in ``[0, 1]`` (Kish)."""
+    w = weights * mask
+    n = mask.sum().clamp(min=1.0)
+    second = (w * w).sum()
+    return torch.where(second > 0, w.sum() ** 2 / (n * second.clamp(min=1e-30)), torch.zeros_like(second))

@@ -1,0 +1,127 @@
+"""Divergence-gated corrections: Trust Region Masking and upstream's divergence gates.
+
+TRM (Li et al., "Trust Region Masking for Long-Horizon LLM Reinforcement Learning",
+arXiv 2512.23075): a sequence is excluded from the gradient when any of its tokens leaves the
+trust region,
+
+    M(y) = 1[max_t D_t <= trm_max_delta] * 1[mean_t D'_t <= trm_avg_delta],
+
+where D_t estimates KL(pi_roll(.|c_t) || pi_ref(.|c_t)) and pi_ref is pi_old
+(``trm_reference="old"``) or the detached current policy (``"current"``, the paper's form). Kept
+tokens carry the mismatch ratio rho_t. The max criterion uses ``trm_divergence`` (``k2`` by
+default, the paper's choice); the mean criterion uses the unbiased ``k3`` when the max uses a
+sample-based estimator (the paper's pairing) and the same divergence otherwise. Both thresholds
+are length-invariant; the paper's settings are max 0.05 alone, mean 0.001 alone, or max 0.1 with
+mean 0.002, keeping the acceptance rate above ~70%.
+
+Upstream OpenRLHF 0.11.2 also gates on the sampled-token ``binary_kl`` / ``tv`` between pi_roll
+and pi_old, per token or on the per-sequence mean, with an upper bound only; those gates are the
+``*-mask`` corrections below (FlashREINFORCE's trust region is ``seq-binary-kl-mask``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .batch import Correction, PolicyBatch
+from .divergences import DIVERGENCES
+from .gates import CORRECTIONS, sequence_gate, token_gate, token_ratio
+from .registry import Param, positive
+from .stats import in_band, masked_mean, seq_max, seq_mean
+
+TRM_SOURCE = "TRM: Li et al., 'Trust Region Masking for Long-Horizon LLM Reinforcement Learning', arXiv 2512.23075"
+
+
+def trm_reference_log_probs(batch: PolicyBatch, reference: str) -> torch.Tensor:
+    """log pi_ref: pi_old, or the current policy without its gradient."""
+    return batch.old_log_probs if reference == "old" else batch.log_probs.detach()
+
+
+def token_divergence(batch: PolicyBatch, name: str, log_ref: torch.Tensor) -> torch.Tensor:
+    """D_t between pi_roll and pi_ref at every action token (0 off the mask)."""
+    fn = DIVERGENCES.get(name).fn
+    return fn(batch.rollout_log_probs, log_ref, batch.topk) * batch.mask
+
+
+def trm_mean_divergence(name: str) -> str:
+    """The divergence of the mean criterion: k3 beside a sample-based max, else the same one."""
+    return "k3" if DIVERGENCES.get(name).sample_based else name
+
+
+def _check_trm(cfg) -> None:
+    if cfg.trm_max_delta is None and cfg.trm_avg_delta is None:
+        raise ValueError("trm needs trm_max_delta or trm_avg_delta (or both); both are None")
+
+
+@CORRECTIONS.register(
+    "trm",
+    threshold=None,
+    validate=_check_trm,
+    source=TRM_SOURCE,
+    params=(
+        Param("trm_max_delta", 0.05, "TRM: reject a sequence if max_t D_t exceeds this", check=positive, optional=True),
+        Param(
+            "trm_avg_delta", None, "TRM: reject a sequence if mean_t D_t exceeds this", check=positive, optional=True
+        ),
+        Param(
+            "trm_divergence",
+            "k2",
+            "TRM: per-token divergence for the max criterion",
+            type=str,
+            choices=lambda: DIVERGENCES.names(for_trm=True),
+        ),
+        Param(
+            "trm_reference",
+            "old",
+            "TRM: pi_ref in KL(pi_roll || pi_ref): old (pi_old) or current (detached pi_theta)",
+            type=str,
+            choices=lambda: ("old", "current"),
+        ),
+    ),
+)
+def trust_region_mask(batch: PolicyBatch, cfg) -> Correction:
+    """TRM: drop y unless max_t D_t <= max_delta and mean_t D'_t <= avg_delta; c_t = rho_t."""
+    log_ref = trm_reference_log_probs(batch, cfg.trm_reference)
+    has_tokens = batch.mask.sum(dim=-1) > 0
+    keep = torch.ones_like(has_tokens)
+    metrics = {}
+    if cfg.trm_max_delta is not None:
+        worst = seq_max(token_divergence(batch, cfg.trm_divergence, log_ref), batch.mask)
+        keep = keep & (worst <= cfg.trm_max_delta)
+        metrics["trm/max_div"] = masked_mean(worst, has_tokens.float())
+    if cfg.trm_avg_delta is not None:
+        avg = seq_mean(token_divergence(batch, trm_mean_divergence(cfg.trm_divergence), log_ref), batch.mask)
+        keep = keep & (avg <= cfg.trm_avg_delta)
+        metrics["trm/mean_div"] = masked_mean(avg, has_tokens.float())
+    metrics["trm/accept_rate"] = masked_mean(keep.float(), has_tokens.float())
+    out = sequence_gate(batch, keep, token_ratio(batch))
+    out.metrics.update(metrics)
+    return out
+
+
+def _upstream_divergence_gate(name: str, per_sequence: bool):
+    """Upstream 0.11.2 gating: D(pi_roll, pi_old) per token or its per-sequence mean in [0, delta]."""
+
+    def gate(batch: PolicyBatch, cfg) -> Correction:
+        low, high = cfg.threshold
+        div = token_divergence(batch, name, batch.old_log_probs)
+        if per_sequence:
+            return sequence_gate(batch, in_band(seq_mean(div, batch.mask), low, high), token_ratio(batch))
+        return token_gate(batch, in_band(div, low, high), token_ratio(batch))
+
+    gate.__name__ = f"{'seq_' if per_sequence else ''}{name}_gate"
+    gate.__doc__ = (
+        f"Drop {'a sequence whose mean' if per_sequence else 'a token whose'} sampled-token {name} "
+        "between pi_roll and pi_old exceeds the bound; kept tokens carry rho_t."
+    )
+    return gate
+
+
+_UPSTREAM_GATE_SOURCE = "OpenRLHF 0.11.2 is_correction_gating (FlashREINFORCE trust region)"
+for _div, _label in (("binary_tv", "tv"), ("binary_kl", "binary-kl")):
+    CORRECTIONS.register(f"{_label}-mask", threshold="divergence", legacy=True, source=_UPSTREAM_GATE_SOURCE)(
+        _upstream_divergence_gate(_div, per_sequence=False)
+    )
+    CORRECTIONS.register(f"seq-{_label}-mask", threshold="divergence", legacy=True, source=_UPSTREAM_GATE_SOURCE)(
+        _upstream_divergence_gate(_div, per_sequence=True)
+    )

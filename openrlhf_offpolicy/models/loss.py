@@ -1,0 +1,87 @@
+"""``PolicyLoss``: a drop-in for ``openrlhf.models.loss.PolicyLoss`` (OpenRLHF 0.11.2).
+
+Same constructor kwargs (plus the seed-style correction API and every method parameter, see
+``corrections.config``), same ``forward`` arguments, same 5-tuple
+``(loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio)``. With only upstream kwargs the outputs
+and gradients equal upstream's. After every call ``self.metrics`` holds the SPEC §5 diagnostics
+as detached 0-d tensors. Nothing here imports OpenRLHF.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from ..corrections import CORRECTIONS, POLICY_LOSSES, aggregate_loss, resolve_config
+from ..corrections.batch import make_policy_batch
+from ..corrections.diagnostics import correction_metrics, filter_ratio, mismatch_metrics
+from ..corrections.stats import masked_mean
+
+
+class PolicyLoss(nn.Module):
+    """Policy loss with rollout/training mismatch corrections.
+
+    forward pipeline: ratios -> surrogate -> correction coefficient -> aggregation -> metrics.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__()
+        self.config = resolve_config(**kwargs)
+        self.surrogate = POLICY_LOSSES.get(self.config.policy_loss_type).fn
+        self.correction = CORRECTIONS.get(self.config.correction).fn
+        self.metrics: Dict[str, torch.Tensor] = {}
+        # Upstream attribute names, for code that reads them off the module.
+        self.policy_loss_type = self.config.policy_loss_type
+        self.token_level_loss = self.config.token_level_loss
+        self.clip_eps_low = self.config.clip_eps_low
+        self.clip_eps_high = self.config.clip_eps_high
+        self.dual_clip = self.config.dual_clip
+
+    def forward(
+        self,
+        log_probs: torch.Tensor,
+        old_log_probs: torch.Tensor,
+        advantages: torch.Tensor,
+        action_mask: Optional[torch.Tensor] = None,
+        rollout_log_probs: Optional[torch.Tensor] = None,
+        dp_size: int = 1,
+        batch_num_tokens: Optional[float] = None,
+        global_batch_size: Optional[float] = None,
+        **extra,
+    ):
+        if extra:
+            raise ValueError(f"unexpected PolicyLoss.forward argument(s) {sorted(extra)}")
+        if rollout_log_probs is None and self.config.needs_rollout_log_probs:
+            raise ValueError(
+                f"the {self.config.correction if self.config.correction_enabled else 'rollout-anchored'} "
+                f"correction of policy_loss_type={self.config.policy_loss_type!r} needs rollout_log_probs "
+                "(pi_roll), but none were passed"
+            )
+        batch, action_mask, nonfinite = make_policy_batch(
+            log_probs, old_log_probs, advantages, action_mask, rollout_log_probs
+        )
+
+        surrogate = self.surrogate(batch, self.config)
+        correction = self.correction(batch, self.config)
+        per_token = surrogate.loss * correction.coef * batch.mask
+        loss = aggregate_loss(
+            per_token, action_mask, self.config.token_level_loss, dp_size, batch_num_tokens, global_batch_size
+        )
+
+        with torch.no_grad():
+            clip_ratio = masked_mean(surrogate.clipped.to(batch.mask.dtype), batch.mask)
+            ppo_kl = masked_mean(batch.old_log_probs - batch.log_probs.detach(), batch.mask)
+            metrics = {"loss/nonfinite_frac": masked_mean(nonfinite.to(action_mask.dtype), action_mask)}
+            metrics.update(surrogate.metrics)
+            vllm_kl = is_filter_ratio = None
+            if batch.rollout_log_probs is not None:
+                metrics.update(mismatch_metrics(batch))
+            if self.config.correction_enabled:
+                metrics.update(correction_metrics(correction, batch))
+                metrics.update(correction.metrics)
+                vllm_kl = masked_mean(batch.rollout_log_probs - batch.old_log_probs, batch.mask)
+                is_filter_ratio = filter_ratio(correction, batch)
+            self.metrics = {k: v.detach().float() for k, v in metrics.items()}
+        return loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio

@@ -1,0 +1,83 @@
+"""Random test inputs shared by the test modules."""
+
+from __future__ import annotations
+
+import torch
+
+
+def ragged_mask(batch: int, length: int, generator: torch.Generator, min_len: int = 1) -> torch.Tensor:
+    """Left-aligned action masks of random lengths in [min_len, length]."""
+    lengths = torch.randint(min_len, length + 1, (batch,), generator=generator)
+    return (torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)).to(torch.float64)
+
+
+def random_inputs(
+    batch: int = 5,
+    length: int = 9,
+    seed: int = 0,
+    policy_scale: float = 0.2,
+    mismatch_scale: float = 0.3,
+    dtype=torch.float64,
+    min_len: int = 1,
+    per_sequence_advantage: bool = False,
+):
+    """log_probs (requires grad), old, rollout, advantages and a ragged mask, all ``[B, T]``.
+
+    Log-probs lie in (-4, -0.05) so binary divergences and ratios take varied, finite values.
+    ``mismatch_scale=(lo, hi)`` grades the rollout noise linearly over the rows, so gates see
+    sequences from nearly on-policy to far off-policy in one batch.
+    """
+    g = torch.Generator().manual_seed(seed)
+    old = -torch.rand(batch, length, generator=g, dtype=torch.float64) * 3.9 - 0.05
+    log_probs = (old + policy_scale * torch.randn(batch, length, generator=g, dtype=torch.float64)).clamp(max=-1e-3)
+    if isinstance(mismatch_scale, tuple):
+        mismatch_scale = torch.linspace(*mismatch_scale, batch, dtype=torch.float64).unsqueeze(1)
+    rollout = (old + mismatch_scale * torch.randn(batch, length, generator=g, dtype=torch.float64)).clamp(max=-1e-3)
+    if per_sequence_advantage:
+        advantages = torch.randn(batch, 1, generator=g, dtype=torch.float64).expand(batch, length).clone()
+    else:
+        advantages = torch.randn(batch, length, generator=g, dtype=torch.float64)
+    mask = ragged_mask(batch, length, g, min_len=min_len)
+    return {
+        "log_probs": log_probs.to(dtype).requires_grad_(),
+        "old_log_probs": old.to(dtype),
+        "rollout_log_probs": rollout.to(dtype),
+        "advantages": advantages.to(dtype),
+        "action_mask": mask.to(dtype),
+    }
+
+
+def correction_output(name: str, inputs: dict, threshold=(0.5, 5.0), **params):
+    """Run the registered correction ``name`` on ``inputs``; returns (Correction, PolicyBatch)."""
+    from openrlhf_offpolicy.corrections import CORRECTIONS, resolve_config
+    from openrlhf_offpolicy.corrections.batch import make_policy_batch
+
+    cfg = resolve_config(
+        enable_vllm_is_correction=True, vllm_is_correction_type=name, vllm_is_truncated_threshold=threshold, **params
+    )
+    batch, _, _ = make_policy_batch(
+        inputs["log_probs"], inputs["old_log_probs"], inputs["advantages"], inputs["action_mask"],
+        inputs["rollout_log_probs"],
+    )
+    return CORRECTIONS.get(cfg.correction).fn(batch, cfg), batch
+
+
+def surrogate_output(loss_type: str, inputs: dict, **kwargs):
+    """Run the registered policy loss on ``inputs``; returns (Surrogate, PolicyBatch)."""
+    from openrlhf_offpolicy.corrections import POLICY_LOSSES, resolve_config
+    from openrlhf_offpolicy.corrections.batch import make_policy_batch
+
+    cfg = resolve_config(policy_loss_type=loss_type, **kwargs)
+    batch, _, _ = make_policy_batch(
+        inputs["log_probs"], inputs["old_log_probs"], inputs["advantages"], inputs["action_mask"],
+        inputs["rollout_log_probs"],
+    )
+    return POLICY_LOSSES.get(cfg.policy_loss_type).fn(batch, cfg), batch
+
+
+def assert_close_lists(actual, expected, atol=1e-9, rtol=1e-7):
+    actual = actual.tolist() if hasattr(actual, "tolist") else actual
+    expected = expected.tolist() if hasattr(expected, "tolist") else expected
+    for b, (ra, re) in enumerate(zip(actual, expected)):
+        for t, (a, e) in enumerate(zip(ra, re)):
+            assert abs(a - e) <= atol + rtol * abs(e), f"[{b}][{t}]: got {a}, expected {e}"
