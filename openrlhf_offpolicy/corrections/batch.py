@@ -48,6 +48,31 @@ class PolicyBatch:
     topk: Optional[TopK] = None
 
     @cached_property
+    def on(self) -> torch.Tensor:
+        """``mask`` as a bool tensor."""
+        return self.mask > 0
+
+    @cached_property
+    def token_counts(self) -> torch.Tensor:
+        """Action tokens per sequence, ``[B]``."""
+        return self.mask.sum(dim=-1)
+
+    @cached_property
+    def n_tokens(self) -> torch.Tensor:
+        """Number of action tokens (at least 1, so it can divide)."""
+        return self.token_counts.sum().clamp(min=1.0)
+
+    @cached_property
+    def has_tokens(self) -> torch.Tensor:
+        """Sequences with at least one action token, ``[B]`` bool."""
+        return self.token_counts > 0
+
+    @cached_property
+    def n_sequences(self) -> torch.Tensor:
+        """Number of sequences with at least one action token (at least 1)."""
+        return self.has_tokens.sum().clamp(min=1).to(self.mask.dtype)
+
+    @cached_property
     def log_rho(self) -> torch.Tensor:
         """Mismatch log-ratio ``log(pi_old / pi_roll)``, clamped, 0 off the mask (detached)."""
         if self.rollout_log_probs is None:
@@ -112,9 +137,9 @@ def make_policy_batch(
     """Validate shapes, compute in float32 (float64 stays float64), and mask non-finite tokens.
 
     Returns ``(batch, action_mask, nonfinite)``: ``action_mask`` is the float mask as given (the
-    aggregation denominator), ``batch.mask`` additionally drops tokens where any input is NaN/Inf,
-    whose entries are replaced by 0 so no NaN reaches the loss or its gradient; ``nonfinite`` is
-    the ``[B, T]`` bool of those dropped action tokens.
+    aggregation denominator); ``batch.mask`` additionally drops tokens where any input is NaN/Inf,
+    whose entries are replaced by 0 so no NaN reaches the loss or its gradient; ``nonfinite`` is the
+    number of action tokens dropped that way.
     """
     if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 2:
         shape = tuple(log_probs.shape) if isinstance(log_probs, torch.Tensor) else type(log_probs).__name__
@@ -127,15 +152,19 @@ def make_policy_batch(
     }
     if rollout_log_probs is not None:
         inputs["rollout_log_probs"] = _as_2d("rollout_log_probs", rollout_log_probs, shape)
-    mask = torch.ones(shape, dtype=dtype, device=log_probs.device)
-    if action_mask is not None:
+    if action_mask is None:
+        mask = torch.ones(shape, dtype=dtype, device=log_probs.device)
+    else:
         mask = _as_2d("action_mask", action_mask, shape).to(dtype)
-
     log_probs = log_probs.to(dtype)
     inputs = {k: v.detach().to(dtype) for k, v in inputs.items()}
-    finite = torch.isfinite(log_probs.detach())
-    for value in inputs.values():
-        finite &= torch.isfinite(value)
+
+    # One pass decides whether anything is non-finite: NaN/Inf in any input makes the sum
+    # non-finite, and x - x is 0 exactly for finite x. The common all-finite case copies nothing.
+    total = log_probs.detach() + sum(inputs.values())
+    finite = (total - total) == 0
+    if bool(finite.all()):
+        return PolicyBatch(log_probs=log_probs, mask=mask, topk=topk, **inputs), mask, 0
     valid = finite & (mask > 0)
     zero = torch.zeros((), dtype=dtype, device=log_probs.device)
     batch = PolicyBatch(
@@ -144,4 +173,4 @@ def make_policy_batch(
         topk=topk,
         **{k: torch.where(valid, v, zero) for k, v in inputs.items()},
     )
-    return batch, mask, ~finite & (mask > 0)
+    return batch, mask, int((~finite & (mask > 0)).sum())

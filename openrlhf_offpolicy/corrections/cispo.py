@@ -12,7 +12,7 @@ from __future__ import annotations
 from .batch import PolicyBatch, Surrogate
 from .losses import POLICY_LOSSES, token_mean
 from .registry import Param, range_around_one
-from .stats import in_band, safe_exp
+from .stats import in_band
 
 
 @POLICY_LOSSES.register(
@@ -31,7 +31,7 @@ from .stats import in_band, safe_exp
 def cispo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """loss_t = -sg(clamp(r_t, lo, hi)) A_t log pi_theta(y_t); gradient weight clamp(r_t, lo, hi)."""
     lo, hi = cfg.cispo_clip_range
-    ratio = safe_exp(batch.log_ratio).detach()
-    clipped = ~in_band(ratio, lo, hi) & (batch.mask > 0)
+    ratio = batch.log_ratio.detach().exp()
+    clipped = ~in_band(ratio, lo, hi) & batch.on
     loss = -ratio.clamp(min=lo, max=hi) * batch.advantages * batch.log_probs
     return Surrogate(loss=loss, clipped=clipped, metrics={"cispo/clipped_frac": token_mean(clipped, batch)})

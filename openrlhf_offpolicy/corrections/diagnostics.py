@@ -10,6 +10,8 @@ The correction's coefficients c_t over the action tokens:
     is/ess                          normalised effective sample size (sum c)^2 / (n sum c^2)
     is/token_masked_frac            tokens the gate rejected
     is/seq_masked_frac              sequences with every token rejected
+Every tensor read here is already 0 off the mask (``batch.log_rho``, ``Correction.coef`` and
+``Correction.rejected``), so plain sums are masked sums.
 """
 
 from __future__ import annotations
@@ -19,38 +21,34 @@ from typing import Dict
 import torch
 
 from .batch import Correction, PolicyBatch
-from .stats import masked_mean, normalized_ess, seq_max
+from .stats import normalized_ess
 
 
 def mismatch_metrics(batch: PolicyBatch) -> Dict[str, torch.Tensor]:
     log_rho = batch.log_rho
-    has_tokens = (batch.mask.sum(dim=-1) > 0).float()
+    worst_abs = log_rho.abs().amax(dim=-1) if log_rho.numel() else log_rho.sum(dim=-1)
     return {
-        "mismatch/k1": masked_mean(-log_rho, batch.mask),
-        "mismatch/k3": masked_mean(torch.expm1(log_rho) - log_rho, batch.mask),
-        "mismatch/max_k2": masked_mean(seq_max(0.5 * log_rho * log_rho, batch.mask), has_tokens),
+        "mismatch/k1": -log_rho.sum() / batch.n_tokens,
+        "mismatch/k3": (torch.expm1(log_rho) - log_rho).sum() / batch.n_tokens,
+        "mismatch/max_k2": 0.5 * (worst_abs * worst_abs).sum() / batch.n_sequences,
     }
 
 
 def correction_metrics(correction: Correction, batch: PolicyBatch) -> Dict[str, torch.Tensor]:
-    mask = batch.mask
     coef = correction.coef
-    token_counts = mask.sum(dim=-1)
-    has_tokens = (token_counts > 0).float()
-    rejected = correction.rejected.float()
-    all_rejected = ((rejected * mask).sum(dim=-1) >= token_counts) & (token_counts > 0)
-    weight_max = torch.where(mask > 0, coef, torch.zeros_like(coef)).max() if coef.numel() else coef.sum()
+    rejected_per_seq = correction.rejected.sum(dim=-1)
+    all_rejected = (rejected_per_seq >= batch.token_counts) & batch.has_tokens
     return {
-        "is/weight_mean": masked_mean(coef, mask),
-        "is/weight_max": weight_max,
-        "is/ess": normalized_ess(coef, mask),
-        "is/token_masked_frac": masked_mean(rejected, mask),
-        "is/seq_masked_frac": masked_mean(all_rejected.float(), has_tokens),
+        "is/weight_mean": coef.sum() / batch.n_tokens,
+        "is/weight_max": coef.max() if coef.numel() else coef.sum(),
+        "is/ess": normalized_ess(coef, batch.n_tokens),
+        "is/token_masked_frac": rejected_per_seq.sum() / batch.n_tokens,
+        "is/seq_masked_frac": all_rejected.sum() / batch.n_sequences,
     }
 
 
 def filter_ratio(correction: Correction, batch: PolicyBatch) -> torch.Tensor:
     """Upstream's ``is_filter_ratio``: out-of-band units, per token or per sequence."""
     if correction.filtered.dim() == 1:
-        return masked_mean(correction.filtered.float(), (batch.mask.sum(dim=-1) > 0).float())
-    return masked_mean(correction.filtered.float(), batch.mask)
+        return (correction.filtered & batch.has_tokens).sum() / batch.n_sequences
+    return (correction.filtered & batch.on).sum() / batch.n_tokens

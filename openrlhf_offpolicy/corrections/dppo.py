@@ -64,5 +64,5 @@ def dppo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     keep = dppo_mask(batch.advantages, ratio, divergence, dppo_delta(cfg))
     weight = ratio.clamp(max=cfg.dppo_ratio_cap) * keep
     loss = -weight * batch.advantages * batch.log_probs
-    masked = ~keep & (batch.mask > 0)
+    masked = ~keep & batch.on
     return Surrogate(loss=loss, clipped=masked, metrics={"dppo/masked_frac": token_mean(masked, batch)})

@@ -19,7 +19,7 @@ import torch
 
 from .batch import Correction, PolicyBatch
 from .registry import Registry
-from .stats import broadcast_seq, safe_exp
+from .stats import broadcast_seq
 
 CORRECTIONS = Registry("correction", defaults={"threshold": "ratio", "legacy": False, "hidden": False})
 
@@ -30,20 +30,20 @@ NO_CORRECTION = "none"
 def no_correction(batch: PolicyBatch, cfg) -> Correction:
     """Identity: c_t = 1 on every action token."""
     nothing = torch.zeros_like(batch.mask, dtype=torch.bool)
-    return Correction(coef=batch.mask.clone(), rejected=nothing, filtered=nothing)
+    return Correction(coef=batch.mask, rejected=nothing, filtered=nothing)
 
 
 def token_gate(batch: PolicyBatch, keep: torch.Tensor, weight: torch.Tensor) -> Correction:
     """Reject tokens where ``keep`` is False; kept tokens carry ``weight``. ``keep`` is ``[B, T]``."""
-    keep = keep & (batch.mask > 0)
-    rejected = ~keep & (batch.mask > 0)
+    keep = keep & batch.on
+    rejected = ~keep & batch.on
     return Correction(coef=torch.where(keep, weight, torch.zeros_like(weight)), rejected=rejected, filtered=rejected)
 
 
 def sequence_gate(batch: PolicyBatch, keep_seq: torch.Tensor, weight: torch.Tensor) -> Correction:
     """Reject whole sequences where ``keep_seq`` (``[B]``) is False; kept tokens carry ``weight``."""
-    keep = broadcast_seq(keep_seq, batch.mask) & (batch.mask > 0)
-    rejected = ~keep & (batch.mask > 0)
+    keep = broadcast_seq(keep_seq, batch.mask) & batch.on
+    rejected = ~keep & batch.on
     return Correction(
         coef=torch.where(keep, weight, torch.zeros_like(weight)),
         rejected=rejected,
@@ -52,5 +52,5 @@ def sequence_gate(batch: PolicyBatch, keep_seq: torch.Tensor, weight: torch.Tens
 
 
 def token_ratio(batch: PolicyBatch) -> torch.Tensor:
-    """rho_t = pi_old / pi_roll per token (detached, overflow-safe)."""
-    return safe_exp(batch.log_rho)
+    """rho_t = pi_old / pi_roll per token (detached; ``log_rho`` is already clamped)."""
+    return batch.log_rho.exp()

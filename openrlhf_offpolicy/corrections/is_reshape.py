@@ -27,7 +27,6 @@ import torch
 from .batch import PolicyBatch, Surrogate
 from .losses import POLICY_LOSSES, no_clipping, token_mean
 from .registry import Param, Registry, positive, unit_interval
-from .stats import safe_exp
 
 KERNELS = Registry("IS-Reshape kernel")
 GAMMA_MODES = Registry("IS-Reshape gamma mode")
@@ -88,7 +87,7 @@ def advantage_gamma(advantages, log_ratio, g0: float, temp: float):
 def is_reshape_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """loss_t = -A_t [(1 - g) log r_t + g F_K(r_t)]; gradient weight (1 - g) + g r_t K(r_t - 1)."""
     log_ratio = batch.log_ratio
-    ratio = safe_exp(log_ratio)
+    ratio = log_ratio.exp()
     kernel, integral = KERNELS.get(cfg.is_reshape_kernel).fn(ratio - 1, cfg.is_reshape_width)
     gamma_fn = GAMMA_MODES.get(cfg.is_reshape_gamma_mode).fn
     g = gamma_fn(batch.advantages, log_ratio.detach(), cfg.is_reshape_gamma, cfg.is_reshape_temp).detach()

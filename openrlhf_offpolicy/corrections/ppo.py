@@ -34,7 +34,7 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, cfg) -> Sur
 @POLICY_LOSSES.register("ppo", source="PPO arXiv 1707.06347; clip-higher arXiv 2503.14476; dual-clip arXiv 1912.09729")
 def ppo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """Token PPO-clip of r_t = pi_theta / pi_old (clip-higher bounds, optional dual-clip)."""
-    return clipped_surrogate(safe_exp(batch.log_ratio), batch.advantages, cfg)
+    return clipped_surrogate(batch.log_ratio.exp(), batch.advantages, cfg)
 
 
 def gspo_sequence_log_ratio(batch: PolicyBatch, anchor_log_probs: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,6 @@ import torch
 from .batch import PolicyBatch, Surrogate
 from .losses import POLICY_LOSSES, no_clipping, token_mean
 from .registry import Param, positive
-from .stats import safe_exp
 
 
 def sapo_temperature(advantages: torch.Tensor, tau_pos: float, tau_neg: float) -> torch.Tensor:
@@ -38,7 +37,7 @@ def sapo_gate_weight(ratio: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
 )
 def sapo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """loss_t = -(4/tau) sigmoid(tau (r_t - 1)) A_t; gradient weight r_t sech^2(tau (r_t - 1) / 2)."""
-    ratio = safe_exp(batch.log_ratio)
+    ratio = batch.log_ratio.exp()
     tau = sapo_temperature(batch.advantages, cfg.sapo_tau_pos, cfg.sapo_tau_neg)
     loss = -(4.0 / tau) * torch.sigmoid(tau * (ratio - 1)) * batch.advantages
     gate = sapo_gate_weight(ratio.detach(), tau)

@@ -71,9 +71,10 @@ def log_in_band(log_stat: torch.Tensor, low: float, high: float) -> torch.Tensor
     return (log_stat >= log_low) & (log_stat <= log_high)
 
 
-def normalized_ess(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Normalised effective sample size ``(sum w)^2 / (n sum w^2)`` in ``[0, 1]`` (Kish)."""
-    w = weights * mask
-    n = mask.sum().clamp(min=1.0)
-    second = (w * w).sum()
-    return torch.where(second > 0, w.sum() ** 2 / (n * second.clamp(min=1e-30)), torch.zeros_like(second))
+def normalized_ess(weights: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Kish's normalised effective sample size ``(sum w)^2 / (n sum w^2)`` in ``[0, 1]``.
+
+    ``weights`` must already be 0 off the mask; ``n`` is the number of masked-in entries.
+    """
+    first, second = weights.sum(), (weights * weights).sum()
+    return torch.where(second > 0, first * first / (n * second.clamp(min=1e-30)), torch.zeros_like(second))

@@ -19,7 +19,7 @@ def truncated_is(batch: PolicyBatch, cfg) -> Correction:
     """Token TIS: ``c_t = clamp(rho_t, low, high)``; no token is dropped."""
     low, high = cfg.threshold
     rho = token_ratio(batch)
-    clamped = ~in_band(rho, low, high) & (batch.mask > 0)
+    clamped = ~in_band(rho, low, high) & batch.on
     nothing = clamped & False
     return Correction(coef=rho.clamp(min=low, max=high) * batch.mask, rejected=nothing, filtered=clamped)
 

@@ -17,7 +17,6 @@ import torch.nn as nn
 from ..corrections import CORRECTIONS, POLICY_LOSSES, aggregate_loss, resolve_config
 from ..corrections.batch import make_policy_batch
 from ..corrections.diagnostics import correction_metrics, filter_ratio, mismatch_metrics
-from ..corrections.stats import masked_mean
 
 
 class PolicyLoss(nn.Module):
@@ -65,15 +64,15 @@ class PolicyLoss(nn.Module):
 
         surrogate = self.surrogate(batch, self.config)
         correction = self.correction(batch, self.config)
-        per_token = surrogate.loss * correction.coef * batch.mask
+        per_token = surrogate.loss * correction.coef  # coef is 0 off the mask and on non-finite tokens
         loss = aggregate_loss(
             per_token, action_mask, self.config.token_level_loss, dp_size, batch_num_tokens, global_batch_size
         )
 
         with torch.no_grad():
-            clip_ratio = masked_mean(surrogate.clipped.to(batch.mask.dtype), batch.mask)
-            ppo_kl = masked_mean(batch.old_log_probs - batch.log_probs.detach(), batch.mask)
-            metrics = {"loss/nonfinite_frac": masked_mean(nonfinite.to(action_mask.dtype), action_mask)}
+            clip_ratio = (surrogate.clipped & batch.on).sum() / batch.n_tokens
+            ppo_kl = ((batch.old_log_probs - batch.log_probs.detach()) * batch.mask).sum() / batch.n_tokens
+            metrics = {"loss/nonfinite_frac": nonfinite / action_mask.sum().clamp(min=1.0)}
             metrics.update(surrogate.metrics)
             vllm_kl = is_filter_ratio = None
             if batch.rollout_log_probs is not None:
@@ -81,7 +80,7 @@ class PolicyLoss(nn.Module):
             if self.config.correction_enabled:
                 metrics.update(correction_metrics(correction, batch))
                 metrics.update(correction.metrics)
-                vllm_kl = masked_mean(batch.rollout_log_probs - batch.old_log_probs, batch.mask)
+                vllm_kl = metrics["mismatch/k1"]  # mean(log pi_roll - log pi_old), upstream's vllm_kl
                 is_filter_ratio = filter_ratio(correction, batch)
-            self.metrics = {k: v.detach().float() for k, v in metrics.items()}
+            self.metrics = {k: torch.as_tensor(v).detach().float() for k, v in metrics.items()}
         return loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio

@@ -1,5 +1,4 @@
 import pytest
-import torch
 from helpers import assert_close_lists, correction_output, random_inputs
 from reference import DIVERGENCE, correction_coefficients, trm_acceptance
 
