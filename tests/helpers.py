@@ -81,3 +81,26 @@ def assert_close_lists(actual, expected, atol=1e-9, rtol=1e-7):
     for b, (ra, re) in enumerate(zip(actual, expected)):
         for t, (a, e) in enumerate(zip(ra, re)):
             assert abs(a - e) <= atol + rtol * abs(e), f"[{b}][{t}]: got {a}, expected {e}"
+
+
+# Upstream flags that make a minimal valid train_ppo_ray command line (no model is loaded by a dry run).
+MINIMAL_UPSTREAM_ARGV = [
+    "--actor.model_name_or_path", "Qwen/Qwen2.5-Math-1.5B",
+    "--reward.remote_url", "examples/scripts/reward_math.py",
+    "--algo.advantage.estimator", "group_norm",
+    "--rollout.n_samples_per_prompt", "4",
+    "--vllm.num_engines", "2",
+]
+
+
+def dry_run(argv, capsys):
+    """Run the CLI in-process with ``--dry_run``; returns (exit status, resolved dict or stderr)."""
+    import json
+
+    from openrlhf_offpolicy.cli.train_ppo_ray import main
+
+    status = main([*argv, "--dry_run"])
+    out, err = capsys.readouterr()
+    if status != 0:
+        return status, err
+    return status, json.loads(out[out.index("{\n"):])

@@ -8,7 +8,9 @@ Pure torch: nothing here imports OpenRLHF. Importing the package registers every
     DIVERGENCES    per-token divergences read by TRM and DPPO, module divergences
 """
 
-from . import cispo, dppo, is_reshape, ppo, prefix_is, sapo, sequence_is, token_is, trust_region  # noqa: F401
+# Registration order is the order methods are listed in (CLI choices, README, dry runs).
+from . import token_is, sequence_is, prefix_is, trust_region  # noqa: F401  isort: skip
+from . import ppo, sapo, cispo, dppo, is_reshape  # noqa: F401  isort: skip
 from .aggregation import aggregate_loss
 from .batch import Correction, PolicyBatch, Surrogate, TopK
 from .config import OffPolicyConfig, correction_choices, method_params, resolve_config

@@ -1,0 +1,158 @@
+"""Run upstream's ``openrlhf.cli.train_ppo_ray`` with this project installed.
+
+Upstream builds its parser inside the module's ``__main__`` block, so the module is executed with
+``runpy`` (never copied). Three hooks are set around that execution:
+  * ``openrlhf.utils.config.hierarchize`` (called right after upstream's ``parse_args``) is wrapped
+    to validate our settings against the parsed arguments, write ``--policy_loss_type`` into
+    ``args.actor.policy_loss_type``, name the wandb run after the method, and put the settings on
+    ``args`` (``args.offpolicy``);
+  * ``ray.init`` is wrapped to add the settings and our ``worker_process_setup_hook`` to the job's
+    runtime env, so every Ray worker installs the patches when it starts;
+  * for ``--dry_run``, ``ray.is_initialized`` (the first thing upstream's ``train`` calls) stops the
+    run after all of upstream's own argument checks, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import runpy
+import sys
+from dataclasses import replace
+from datetime import datetime
+from typing import Iterable, List, Optional, Tuple
+
+from ..corrections import OffPolicyConfig
+from . import patches
+from .settings import ENV_VAR, OffPolicySettings
+from .upstream_args import vllm_enabled
+
+UPSTREAM_MODULE = "openrlhf.cli.train_ppo_ray"
+WORKER_SETUP_HOOK = "openrlhf_offpolicy.integration.worker.setup"
+
+
+class _StopBeforeRay(Exception):
+    """Raised where upstream would start Ray, to end a dry run."""
+
+
+class UpstreamCheckFailed(ValueError):
+    """One of upstream's own argument assertions failed (before Ray started)."""
+
+
+@contextlib.contextmanager
+def swapped(owner, name: str, value):
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield original
+    finally:
+        setattr(owner, name, original)
+
+
+def runtime_env_with_settings(runtime_env: Optional[dict], settings: OffPolicySettings) -> dict:
+    """``runtime_env`` plus our settings variable and worker setup hook."""
+    env = dict(runtime_env or {})
+    hook = env.get("worker_process_setup_hook")
+    if hook not in (None, WORKER_SETUP_HOOK):
+        raise ValueError(f"the runtime env already has worker_process_setup_hook={hook!r}; "
+                         f"openrlhf_offpolicy needs {WORKER_SETUP_HOOK!r}")
+    env["env_vars"] = {**(env.get("env_vars") or {}), ENV_VAR: settings.to_json()}
+    env["worker_process_setup_hook"] = WORKER_SETUP_HOOK
+    return env
+
+
+def method_label(config: OffPolicyConfig) -> str:
+    """``<policy loss>-<correction>``: the default wandb group, so runs compare side by side."""
+    if config.correction_enabled:
+        correction = config.correction
+    elif config.anchor_on_rollout:
+        correction = "rollout-anchor"
+    else:
+        correction = "no-correction"
+    return f"{config.policy_loss_type}-{correction}"
+
+
+def finalize_args(args, settings: OffPolicySettings, explicit_flags: Iterable[str]):
+    """Validate and complete upstream ``args`` in place; returns (config, final settings)."""
+    explicit = set(explicit_flags)
+    config = settings.check(args, explicit)
+    if settings.policy_loss_type is not None:
+        args.actor.policy_loss_type = settings.policy_loss_type
+    wants = settings.request_rollout_logprobs or config.needs_rollout_log_probs or config.policy_loss_type == "dppo"
+    settings = replace(settings, request_rollout_logprobs=bool(wants and vllm_enabled(args)))
+    label = method_label(config)
+    if "--logger.wandb.group" not in explicit:
+        args.logger.wandb.group = label
+    if "--logger.wandb.run_name" not in explicit:
+        args.logger.wandb.run_name = f"{label}_{datetime.now().strftime('%m%dT%H:%M')}"
+    args.offpolicy = settings
+    return config, settings
+
+
+def run(
+    upstream_argv: List[str],
+    settings: OffPolicySettings,
+    *,
+    dry_run: bool = False,
+    explicit_flags: Iterable[str] = (),
+    prog: str = "train_ppo_ray",
+) -> Tuple[object, OffPolicyConfig, OffPolicySettings]:
+    """Execute upstream's ``__main__`` with our hooks; returns (args, config, settings).
+
+    With ``dry_run`` it returns once upstream has parsed and checked its arguments, before Ray.
+    """
+    import openrlhf.utils.config as upstream_config
+    import ray
+
+    state = {}
+
+    def hierarchize(flat):
+        args = original_hierarchize(flat)
+        state["config"], state["settings"] = finalize_args(args, settings, explicit_flags)
+        state["args"] = args
+        if not dry_run:
+            patches.apply(state["settings"])
+        state["trap"] = swapped(ray, "is_initialized", _stop_before_ray if dry_run else _mark_started)
+        state["trap"].__enter__()
+        return args
+
+    def _mark_started():
+        state["started"] = True
+        state["trap"].__exit__(None, None, None)
+        return ray.is_initialized()
+
+    def init_with_settings(*args, runtime_env=None, **kwargs):
+        return original_init(*args, runtime_env=runtime_env_with_settings(runtime_env, state["settings"]), **kwargs)
+
+    with contextlib.ExitStack() as stack:
+        original_hierarchize = stack.enter_context(swapped(upstream_config, "hierarchize", hierarchize))
+        stack.enter_context(swapped(sys, "argv", [prog, *upstream_argv]))
+        if not dry_run:
+            original_init = stack.enter_context(swapped(ray, "init", init_with_settings))
+            # The driver: upstream's module binds create_vllm_engines when it is imported.
+            patches.apply(settings)
+        try:
+            runpy.run_module(UPSTREAM_MODULE, run_name="__main__", alter_sys=True)
+        except _StopBeforeRay:
+            pass
+        except AssertionError as e:
+            if "args" in state and "started" not in state:  # upstream's own checks, after parsing
+                raise UpstreamCheckFailed(f"upstream train_ppo_ray rejected the arguments: {e}") from e
+            raise
+        finally:
+            if "trap" in state and "started" not in state:
+                state["trap"].__exit__(None, None, None)
+    return state["args"], state["config"], state["settings"]
+
+
+def _stop_before_ray():
+    raise _StopBeforeRay()
+
+
+def run_upstream_help(prog: str = "train_ppo_ray") -> int:
+    """Print upstream's own ``--help``."""
+    with swapped(sys, "argv", [prog, "--help"]):
+        try:
+            runpy.run_module(UPSTREAM_MODULE, run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            return int(e.code or 0)
+    return 0

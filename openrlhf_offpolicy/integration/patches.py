@@ -1,0 +1,112 @@
+"""Install this project into a process running OpenRLHF 0.11.2: the one place that patches it.
+
+``apply(settings)`` replaces, in the current process:
+  * ``openrlhf.trainer.ray.ppo_actor.PolicyLoss``: the class ``ActorPPOTrainer.__init__`` builds its
+    loss from, with ``policy_loss_class(settings)``;
+  * ``ActorPPOTrainer.training_step``: wrapped so the loss writes its metrics into the
+    ``experience.info`` upstream merges into the logged status;
+  * ``openrlhf.trainer.ppo_utils.samples_generator.SamplingParams``: wrapped to request the
+    rollout log-probs (``logprobs``) whenever ``settings.request_rollout_logprobs``;
+  * ``openrlhf.trainer.ray.create_vllm_engines``: wrapped so the engines return processed
+    log-probs (``logprobs_mode="processed_logprobs"``: after temperature, as sampled).
+Upstream itself requests rollout log-probs only when its own ``is_correction_level`` is on.
+``apply`` is idempotent; ``undo`` restores upstream (tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Dict, Optional, Tuple
+
+from .loss import OpenRLHFPolicyLoss, policy_loss_class
+from .settings import OffPolicySettings
+
+_originals: Dict[Tuple[object, str], object] = {}
+_applied: Optional[OffPolicySettings] = None
+
+
+def _replace(owner, name: str, value) -> None:
+    _originals.setdefault((owner, name), getattr(owner, name))
+    setattr(owner, name, value)
+
+
+def _original(owner, name: str):
+    return _originals.get((owner, name), getattr(owner, name))
+
+
+def applied_settings() -> Optional[OffPolicySettings]:
+    return _applied
+
+
+def apply(settings: OffPolicySettings) -> None:
+    global _applied
+    if _applied == settings:
+        return
+    import openrlhf.trainer.ray as ray_package
+    from openrlhf.trainer.ppo_utils import samples_generator
+    from openrlhf.trainer.ray import ppo_actor
+
+    _replace(ppo_actor, "PolicyLoss", policy_loss_class(settings))
+    trainer = ppo_actor.ActorPPOTrainer
+    _replace(trainer, "training_step", _with_metrics_sink(_original(trainer, "training_step")))
+    _replace(samples_generator, "SamplingParams", _with_rollout_logprobs(_original(samples_generator, "SamplingParams")))
+    _replace(ray_package, "create_vllm_engines", _with_logprobs_mode(_original(ray_package, "create_vllm_engines")))
+    _applied = settings
+
+
+def undo() -> None:
+    global _applied
+    for (owner, name), value in _originals.items():
+        setattr(owner, name, value)
+    _originals.clear()
+    _applied = None
+
+
+def _with_metrics_sink(training_step):
+    @functools.wraps(training_step)
+    def wrapped(self, experience, *args, **kwargs):
+        loss_fn = self.actor_loss_fn
+        if not isinstance(loss_fn, OpenRLHFPolicyLoss):
+            return training_step(self, experience, *args, **kwargs)
+        loss_fn.experience_info = experience.info
+        try:
+            return training_step(self, experience, *args, **kwargs)
+        finally:
+            loss_fn.experience_info = None
+
+    return wrapped
+
+
+def rollout_logprobs_wanted(settings: Optional[OffPolicySettings]) -> int:
+    """How many log-probs per generated token to request from vLLM (0: none)."""
+    if settings is None:
+        return 0
+    if settings.logprobs_topk:
+        return settings.logprobs_topk
+    return 1 if settings.request_rollout_logprobs else 0
+
+
+# The wrappers read the settings applied when they are called, not when they were made: the
+# upstream CLI module binds ``create_vllm_engines`` at import, before the arguments are final.
+def _with_rollout_logprobs(sampling_params_cls):
+    def sampling_params(*args, **kwargs):
+        wanted = rollout_logprobs_wanted(_applied)
+        if wanted:
+            kwargs["logprobs"] = max(kwargs.get("logprobs") or 0, wanted)
+        return sampling_params_cls(*args, **kwargs)
+
+    return sampling_params
+
+
+def _with_logprobs_mode(create_vllm_engines):
+    signature = inspect.signature(create_vllm_engines)
+
+    @functools.wraps(create_vllm_engines)
+    def create(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        if rollout_logprobs_wanted(_applied) and not bound.arguments.get("logprobs_mode"):
+            bound.arguments["logprobs_mode"] = "processed_logprobs"
+        return create_vllm_engines(*bound.args, **bound.kwargs)
+
+    return create

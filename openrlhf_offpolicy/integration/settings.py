@@ -1,0 +1,83 @@
+"""``OffPolicySettings``: what the CLI hands to every process of a run.
+
+It travels two ways, so that each Ray worker sees it however the job was started:
+  * as JSON in the environment variable ``OPENRLHF_OFFPOLICY_SETTINGS`` of the job's runtime env,
+    read by the ``worker_process_setup_hook`` (``worker.setup``) when a worker process starts;
+  * on upstream's ``args`` as ``args.offpolicy``: every upstream actor receives ``args`` (inside the
+    strategy) before it builds its trainer, and unpickling the settings installs the patches in
+    that process too. This covers a Ray cluster that was initialised before our CLI ran.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, Optional
+
+from ..corrections import OffPolicyConfig, resolve_config
+from .upstream_args import loss_kwargs_from_args, vllm_enabled
+
+ENV_VAR = "OPENRLHF_OFFPOLICY_SETTINGS"
+
+
+@dataclass(frozen=True)
+class OffPolicySettings:
+    """Our flags, as the patched processes need them.
+
+    loss_kwargs:               seed-style correction kwargs and method parameters, passed to every
+                               ``PolicyLoss`` upstream's trainer builds (next to upstream's kwargs).
+    policy_loss_type:          ``--policy_loss_type`` (None: keep upstream's ``--actor.policy_loss_type``).
+    request_rollout_logprobs:  ask vLLM for the sampled token's log-prob (pi_roll).
+    logprobs_topk:             ask vLLM for the top-K log-probs of every generated token (0: off).
+    """
+
+    loss_kwargs: Dict[str, Any] = field(default_factory=dict)
+    policy_loss_type: Optional[str] = None
+    request_rollout_logprobs: bool = True
+    logprobs_topk: int = 0
+
+    def loss_config(self, args) -> OffPolicyConfig:
+        """Resolve (and validate) the ``PolicyLoss`` configuration for upstream ``args``."""
+        kwargs = loss_kwargs_from_args(args)
+        if self.policy_loss_type is not None:
+            kwargs["policy_loss_type"] = self.policy_loss_type
+        return resolve_config(**kwargs, **self.loss_kwargs)
+
+    def check(self, args, explicit_flags: Iterable[str] = ()) -> OffPolicyConfig:
+        """Validate the settings against upstream ``args``; ValueError with a one-line reason."""
+        upstream_type = args.actor.policy_loss_type
+        if (
+            self.policy_loss_type is not None
+            and "--actor.policy_loss_type" in set(explicit_flags)
+            and upstream_type != self.policy_loss_type
+        ):
+            raise ValueError(
+                f"--policy_loss_type {self.policy_loss_type} contradicts --actor.policy_loss_type {upstream_type}; "
+                "give one of them"
+            )
+        config = self.loss_config(args)
+        if config.needs_rollout_log_probs and not vllm_enabled(args):
+            what = config.correction if config.correction_enabled else f"{config.policy_loss_type} with a correction"
+            raise ValueError(
+                f"{what} needs the rollout log-probs pi_roll that only vLLM engines produce, "
+                "but vLLM is off (--vllm.num_engines is unset or 0)"
+            )
+        return config
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, payload: str) -> "OffPolicySettings":
+        return cls(**json.loads(payload))
+
+    def __reduce__(self):
+        return (_unpickle_and_install, (self.to_json(),))
+
+
+def _unpickle_and_install(payload: str) -> OffPolicySettings:
+    settings = OffPolicySettings.from_json(payload)
+    from .patches import apply  # imported here: unpickling happens inside upstream's worker processes
+
+    apply(settings)
+    return settings
