@@ -50,7 +50,8 @@ def apply(settings: OffPolicySettings) -> None:
     _replace(ppo_actor, "PolicyLoss", policy_loss_class(settings))
     trainer = ppo_actor.ActorPPOTrainer
     _replace(trainer, "training_step", _with_metrics_sink(_original(trainer, "training_step")))
-    _replace(samples_generator, "SamplingParams", _with_rollout_logprobs(_original(samples_generator, "SamplingParams")))
+    sampling_params = _original(samples_generator, "SamplingParams")
+    _replace(samples_generator, "SamplingParams", _with_rollout_logprobs(sampling_params))
     _replace(ray_package, "create_vllm_engines", _with_logprobs_mode(_original(ray_package, "create_vllm_engines")))
     _applied = settings
 

@@ -44,7 +44,8 @@ def test_unpickling_settings_in_a_fresh_process_installs_the_patches(tmp_path):
         f"s = pickle.loads(open({str(blob)!r}, 'rb').read())\n"
         "from openrlhf.trainer.ray import ppo_actor\n"
         "loss = ppo_actor.PolicyLoss(policy_loss_type='sapo')\n"
-        "print(type(loss).__module__, loss.config.correction, loss.config.trm_max_delta, ppo_actor.PolicyLoss.settings == s)\n"
+        "same = ppo_actor.PolicyLoss.settings == s\n"
+        "print(type(loss).__module__, loss.config.correction, loss.config.trm_max_delta, same)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          env=_env_with_stubs())
