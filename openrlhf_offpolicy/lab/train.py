@@ -1,0 +1,337 @@
+"""Mismatch lab: real RL on CPU with a rollout engine and a trainer that disagree.
+
+    python -m openrlhf_offpolicy.lab.train [--methods "no correction" tis icepop ...] \
+        [--staleness 3] [--precision bf16] [--noise-prob 0.2 --noise-std 3] [--steps 200] \
+        [--seeds 0 1] [--out lab_results/train] [--wandb [--wandb-mode offline]]
+
+A tiny transformer (``model.py``) is warmed up with a short supervised phase on a verifiable digit
+task (``task.py``: by default the running sum mod 10, graded reward), then trained with GRPO-style
+groups. The rollout engine and the trainer run as separate Ray actors (like OpenRLHF's vLLM engines
+and DeepSpeed actors) and disagree as configured: bfloat16 rollouts, logit noise on a fraction of
+generated tokens, and stale engine weights (async off-policy). With stale weights the next rollout
+is dispatched while the trainer is still updating, as in an asynchronous pipeline. Every method
+uses the project's real ``PolicyLoss``. Per step it records the rollout reward, the trainer's
+greedy evaluation reward, the mismatch KL (``mismatch/k1``, ``mismatch/k3``), masked fractions,
+the gradient norm and every SPEC §5 metric, to JSONL and tensorboard (and wandb when asked; offline
+mode needs no network), then writes a summary table and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+from .engines import Mismatch, RolloutEngine, Trainer, supervised_warmup
+from .model import TinyConfig
+from .task import ReverseTask
+
+CONTROL = "no mismatch (control)"
+
+# label -> PolicyLoss kwargs; the control run trains without correction and without mismatch.
+METHODS: Dict[str, dict] = {
+    CONTROL: dict(),
+    "no correction": dict(),
+    "tis [0, 2]": dict(vllm_is_correction_type="tis", vllm_is_truncated_threshold=(0.0, 2.0)),
+    "icepop [0.5, 5]": dict(vllm_is_correction_type="icepop", vllm_is_truncated_threshold=(0.5, 5.0)),
+    "seq-tis [0, 2]": dict(vllm_is_correction_type="seq-tis", vllm_is_truncated_threshold=(0.0, 2.0)),
+    "geo-mask [0.9, 1.1]": dict(vllm_is_correction_type="geo-mask", vllm_is_truncated_threshold=(0.9, 1.1)),
+    "trm max k2 0.05": dict(vllm_is_correction_type="trm", trm_max_delta=0.05),
+    "seq-mis [0.5, 2]": dict(vllm_is_correction_type="seq-mis", vllm_is_truncated_threshold=(0.5, 2.0)),
+    "sapo": dict(policy_loss_type="sapo"),
+    "cispo": dict(policy_loss_type="cispo"),
+    "dppo binary_tv": dict(policy_loss_type="dppo"),
+}
+DEFAULT_METHODS = [CONTROL, "no correction", "tis [0, 2]", "icepop [0.5, 5]", "seq-tis [0, 2]",
+                   "geo-mask [0.9, 1.1]", "trm max k2 0.05"]
+
+
+@dataclass
+class LabConfig:
+    task: str = "cumsum"
+    prompt_len: int = 6
+    warmup_steps: int = 100
+    steps: int = 200
+    prompts_per_step: int = 32
+    samples_per_prompt: int = 8
+    lr: float = 1.5e-3
+    eval_every: int = 10
+    eval_prompts: int = 256
+    seeds: List[int] = field(default_factory=lambda: [0, 1])
+    mismatch: Mismatch = field(default_factory=lambda: Mismatch(staleness=3))
+    model: TinyConfig = field(default_factory=TinyConfig)
+
+    def task_obj(self) -> ReverseTask:
+        return ReverseTask(prompt_len=self.prompt_len, kind=self.task)
+
+
+def loss_kwargs(label: str) -> dict:
+    kwargs = dict(METHODS[label])
+    if "vllm_is_correction_type" in kwargs:
+        kwargs["enable_vllm_is_correction"] = True
+    return kwargs
+
+
+def run_method(label: str, seed: int, config: LabConfig, warm_state, engine_cls, trainer_cls,
+               on_step=None) -> List[dict]:
+    """Train one method with one seed; returns the per-step history."""
+    import ray
+
+    task = config.task_obj()
+    mismatch = Mismatch() if label == CONTROL else config.mismatch
+    model_config = TinyConfig(**{**config.model.to_dict(), "max_len": task.seq_len})
+    engine = engine_cls.remote(model_config, task, mismatch, seed=1000 + seed)
+    trainer = trainer_cls.remote(model_config, task, loss_kwargs(label), lr=config.lr, seed=seed,
+                                 init_state=warm_state)
+    prompt_gen = torch.Generator().manual_seed(seed)
+    eval_prompts = task.prompts(config.eval_prompts, torch.Generator().manual_seed(12345))
+    lag = mismatch.staleness
+    versions = {0: trainer.weights.remote()}
+    n = config.samples_per_prompt
+
+    def rollout(step: int):
+        version = max(0, step - lag)
+        engine.load_weights.remote(versions[version], version)
+        return engine.generate.remote(task.prompts(config.prompts_per_step, prompt_gen), n)
+
+    history: List[dict] = []
+    pending = rollout(0)
+    start = time.time()
+    for step in range(config.steps):
+        train_ref = trainer.train_step.remote(pending, n)
+        versions[step + 1] = trainer.weights.remote()
+        for old in [v for v in versions if v < step + 1 - lag]:
+            del versions[old]
+        if lag >= 1 and step + 1 < config.steps:  # async: the engine samples while the trainer updates
+            pending = rollout(step + 1)
+        record = {"step": step, **ray.get(train_ref)}
+        if lag == 0 and step + 1 < config.steps:
+            pending = rollout(step + 1)
+        if step % config.eval_every == 0 or step == config.steps - 1:
+            record.update(ray.get(trainer.evaluate.remote(eval_prompts)))
+        record["wall_s"] = time.time() - start
+        history.append(record)
+        if on_step is not None:
+            on_step(record)
+    for actor in (engine, trainer):
+        ray.kill(actor)
+    return history
+
+
+def summarize(histories: Dict[str, List[List[dict]]]) -> List[dict]:
+    """One row per method: start/final/best greedy eval reward (mean over seeds) and mismatch stats."""
+    rows = []
+    for label, runs in histories.items():
+        def per_seed(fn):
+            return [fn(run) for run in runs]
+
+        def evals(run):
+            return [r["eval_reward"] for r in run if "eval_reward" in r]
+
+        final = per_seed(lambda run: statistics.fmean(evals(run)[-3:]))
+        rows.append({
+            "method": label,
+            "eval_start": statistics.fmean(per_seed(lambda run: evals(run)[0])),
+            "eval_final": statistics.fmean(final),
+            "eval_final_min": min(final),
+            "eval_final_max": max(final),
+            "eval_best": statistics.fmean(per_seed(lambda run: max(evals(run)))),
+            "rollout_reward_final": statistics.fmean(
+                per_seed(lambda run: statistics.fmean(r["reward"] for r in run[-10:]))),
+            "mismatch_k3": statistics.fmean(per_seed(lambda run: statistics.fmean(r.get("mismatch/k3", 0.0)
+                                                                                   for r in run))),
+            "token_masked_frac": statistics.fmean(
+                per_seed(lambda run: statistics.fmean(r.get("is/token_masked_frac", 0.0) for r in run))),
+            "grad_norm": statistics.fmean(per_seed(lambda run: statistics.fmean(r["grad_norm"] for r in run))),
+            "seeds": len(runs),
+        })
+    return rows
+
+
+def summary_table(rows: List[dict], config: LabConfig) -> str:
+    head = (f"Mismatch lab: task {config.task} (prompt {config.prompt_len} digits, graded reward), "
+            f"{config.steps} steps of {config.prompts_per_step}x{config.samples_per_prompt} samples, lr {config.lr}, "
+            f"mismatch: {config.mismatch.describe()}; greedy eval reward of the trainer's policy, mean over "
+            f"{len(config.seeds)} seed(s) [min..max of the final value]\n\n")
+    lines = ["| method | eval start | eval final | best | rollout reward | mismatch k3 | masked tokens | grad norm |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['eval_start']:.3f} | {r['eval_final']:.3f} "
+            f"[{r['eval_final_min']:.3f}..{r['eval_final_max']:.3f}] | {r['eval_best']:.3f} | "
+            f"{r['rollout_reward_final']:.3f} | {r['mismatch_k3']:.4f} | {r['token_masked_frac']:.3f} | "
+            f"{r['grad_norm']:.2f} |")
+    return head + "\n".join(lines)
+
+
+def plot_curves(histories: Dict[str, List[List[dict]]], config: LabConfig, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
+    for label, runs in histories.items():
+        style = dict(linestyle="--", color="black") if label == CONTROL else {}
+        steps = [r["step"] for r in runs[0] if "eval_reward" in r]
+        evals = [statistics.fmean(vals) for vals in zip(*[[r["eval_reward"] for r in run if "eval_reward" in r]
+                                                            for run in runs])]
+        line, = axes[0].plot(steps, evals, marker=".", label=label, **style)
+        color = style.get("color", line.get_color())
+        rewards = [statistics.fmean(vals) for vals in zip(*[[r["reward"] for r in run] for run in runs])]
+        axes[1].plot(range(len(rewards)), _smooth(rewards), color=color, label=label,
+                     linestyle=style.get("linestyle", "-"))
+        k3 = [statistics.fmean(vals) for vals in zip(*[[max(r.get("mismatch/k3", 0.0), 1e-8) for r in run]
+                                                        for run in runs])]
+        axes[2].plot(range(len(k3)), _smooth(k3), color=color, label=label, linestyle=style.get("linestyle", "-"))
+    axes[0].set(title="greedy eval reward (trainer's policy)", xlabel="step", ylim=(0, 1.02))
+    axes[1].set(title="rollout reward (engine samples, smoothed)", xlabel="step", ylim=(0, 1.02))
+    axes[2].set(title="mismatch KL(pi_roll || pi_old), k3 estimate (smoothed; control = 0)", xlabel="step",
+                yscale="log", ylim=(1e-4, 2.0))
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Mismatch lab — {config.mismatch.describe()} — mean over {len(config.seeds)} seed(s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _smooth(values: Sequence[float], width: int = 5) -> List[float]:
+    out = []
+    for i in range(len(values)):
+        window = values[max(0, i - width + 1): i + 1]
+        out.append(sum(window) / len(window))
+    return out
+
+
+class Loggers:
+    """JSONL always; tensorboard when available; wandb when asked (offline works without network)."""
+
+    def __init__(self, out_dir: str, label: str, seed: int, wandb_mode: Optional[str], group: str, config: dict):
+        self.name = f"{re.sub(r'[^A-Za-z0-9.]+', '_', label).strip('_')}_seed{seed}"
+        self.jsonl = open(os.path.join(out_dir, "runs", f"{self.name}.jsonl"), "w")
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard", self.name))
+        except ImportError:  # tensorboard is optional; the JSONL log always exists
+            pass
+        self.wandb_run = None
+        if wandb_mode:
+            import wandb
+
+            self.wandb_run = wandb.init(project="openrlhf_offpolicy_lab", group=group, name=self.name,
+                                        mode=wandb_mode, dir=out_dir, config={**config, "method": label},
+                                        reinit="finish_previous")
+
+    def log(self, record: dict) -> None:
+        self.jsonl.write(json.dumps(record) + "\n")
+        step = record["step"]
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.tb is not None:
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, step)
+        if self.wandb_run is not None:
+            self.wandb_run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def run_lab(config: LabConfig, methods: Sequence[str], out_dir: str, wandb_mode: Optional[str] = None,
+            progress: bool = True) -> Dict[str, List[List[dict]]]:
+    import ray
+
+    os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
+    task = config.task_obj()
+    model_config = TinyConfig(**{**config.model.to_dict(), "max_len": task.seq_len})
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    engine_cls = ray.remote(num_cpus=1)(RolloutEngine)
+    trainer_cls = ray.remote(num_cpus=1)(Trainer)
+    warm_state = supervised_warmup(model_config, task, config.warmup_steps, seed=0)
+    plain = {**asdict(config), "mismatch": config.mismatch.to_dict(), "model": model_config.to_dict()}
+    group = f"lab-{config.task}-{config.mismatch.describe()}"
+    histories: Dict[str, List[List[dict]]] = {}
+    total = len(methods) * len(config.seeds) * config.steps
+    try:
+        with tqdm(total=total, desc="mismatch lab", disable=not progress) as bar:
+            for label in methods:
+                for seed in config.seeds:
+                    bar.set_postfix_str(f"{label} seed {seed}")
+                    loggers = Loggers(out_dir, label, seed, wandb_mode, group, plain)
+
+                    def on_step(record, loggers=loggers):
+                        loggers.log(record)
+                        bar.update(1)
+
+                    history = run_method(label, seed, config, warm_state, engine_cls, trainer_cls, on_step)
+                    loggers.close()
+                    histories.setdefault(label, []).append(history)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    rows = summarize(histories)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump({"config": plain, "rows": rows}, f, indent=2)
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(summary_table(rows, config) + "\n")
+    plot_curves(histories, config, os.path.join(out_dir, "curves.png"))
+    return histories
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS), metavar="METHOD",
+                        help=f"methods to compare (default: {DEFAULT_METHODS}); choices: {list(METHODS)}")
+    parser.add_argument("--task", default="cumsum", choices=["reverse", "sort", "cumsum"])
+    parser.add_argument("--prompt-len", type=int, default=6)
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--prompts-per-step", type=int, default=32)
+    parser.add_argument("--samples-per-prompt", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="rollout engine precision")
+    parser.add_argument("--noise-prob", type=float, default=0.0, help="fraction of generated tokens with logit noise")
+    parser.add_argument("--noise-std", type=float, default=0.0, help="std of that logit noise")
+    parser.add_argument("--staleness", type=int, default=3, help="engine weights lag the trainer by this many updates")
+    parser.add_argument("--out", default="lab_results/train")
+    parser.add_argument("--wandb", action="store_true", help="also log to wandb (project openrlhf_offpolicy_lab)")
+    parser.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
+    args = parser.parse_args(argv)
+    if args.samples_per_prompt < 2:
+        parser.error("--samples-per-prompt must be >= 2 (GRPO groups)")
+    if not 0 <= args.noise_prob <= 1 or args.noise_std < 0 or args.staleness < 0:
+        parser.error("need 0 <= --noise-prob <= 1, --noise-std >= 0 and --staleness >= 0")
+    config = LabConfig(task=args.task, prompt_len=args.prompt_len, warmup_steps=args.warmup_steps, steps=args.steps,
+                       prompts_per_step=args.prompts_per_step, samples_per_prompt=args.samples_per_prompt, lr=args.lr,
+                       eval_every=args.eval_every, seeds=args.seeds,
+                       mismatch=Mismatch(args.precision, args.noise_prob, args.noise_std, args.staleness))
+    return args, config
+
+
+def main(argv=None) -> int:
+    args, config = parse_args(argv)
+    histories = run_lab(config, args.methods, args.out, wandb_mode=args.wandb_mode if args.wandb else None)
+    print(summary_table(summarize(histories), config))
+    print(f"\nwrote {args.out}/summary.md, summary.json, curves.png, runs/*.jsonl, tensorboard/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
