@@ -104,3 +104,35 @@ def dry_run(argv, capsys):
     if status != 0:
         return status, err
     return status, json.loads(out[out.index("{\n"):])
+
+
+# --------------------------------------------------------------------------- upstream trainer on CPU
+
+class CPUStrategy:
+    """Stands in for DeepspeedStrategy where it needs CUDA (see the module docstring)."""
+
+    ring_attn_group = None
+    accumulated_gradient = 1
+
+    def __init__(self, args):
+        self.args = args
+        self.grad_norm = 0.0
+
+    def backward(self, loss, model, optimizer):
+        loss.backward()
+
+    def optimizer_step(self, optimizer, model, scheduler, name="model"):
+        params = [p for p in model.parameters() if p.grad is not None]
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm=1e9).item()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+
+    def get_grad_norm(self, model):
+        return self.grad_norm
+
+    def is_rank_0(self):
+        return True
+
+    def print(self, *msg):
+        print(*msg)

@@ -3,8 +3,8 @@
 Every upstream OpenRLHF 0.11.2 flag is accepted unchanged and parsed by upstream's own parser; this
 module adds (SPEC §4):
     --enable_vllm_is_correction, --vllm_is_truncated_threshold LOW HIGH, --vllm_is_correction_type,
-    --policy_loss_type, one --<name> per method parameter, --config FILE.yaml, --dry_run,
-    --no_mismatch_metrics.
+    --policy_loss_type, one --<name> per method parameter, --vllm_logprobs_topk K, --config FILE.yaml,
+    --dry_run, --no_mismatch_metrics.
 Our flags are validated before anything heavy is imported, so a bad value or a contradiction
 exits with status 2 and a one-line reason within a second or two, long before Ray starts.
 """
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vllm_is_correction_type", choices=correction_choices(), help="mismatch correction")
     parser.add_argument("--policy_loss_type", choices=POLICY_LOSSES.names(),
                         help="policy loss (overrides --actor.policy_loss_type, which knows ppo/gspo only)")
+    parser.add_argument("--vllm_logprobs_topk", type=int, default=0, metavar="K",
+                        help="request the top-K log-probs of every generated token from vLLM (1..20) for the "
+                        "topk_tv / topk_kl divergences")
     parser.add_argument("--no_mismatch_metrics", action="store_true",
                         help="request rollout log-probs from vLLM only when a method needs them "
                         "(mismatch/* metrics are then missing from runs without a correction)")
@@ -143,6 +146,7 @@ def settings_from(ns: argparse.Namespace) -> OffPolicySettings:
         loss_kwargs=loss_kwargs,
         policy_loss_type=ns.policy_loss_type,
         request_rollout_logprobs=not ns.no_mismatch_metrics,
+        logprobs_topk=ns.vllm_logprobs_topk,
     )
 
 

@@ -5,14 +5,15 @@ Pure torch: nothing here imports OpenRLHF. Importing the package registers every
     CORRECTIONS    mismatch corrections (``vllm_is_correction_type``), modules token_is,
                    sequence_is, prefix_is, trust_region
     POLICY_LOSSES  policy losses (``policy_loss_type``), modules ppo, sapo, cispo, dppo, is_reshape
-    DIVERGENCES    per-token divergences read by TRM and DPPO, module divergences
+    DIVERGENCES    per-token divergences read by TRM and DPPO, modules divergences, topk
 """
 
 # Registration order is the order methods are listed in (CLI choices, README, dry runs).
 from . import token_is, sequence_is, prefix_is, trust_region  # noqa: F401  isort: skip
 from . import ppo, sapo, cispo, dppo, is_reshape  # noqa: F401  isort: skip
+from . import topk  # noqa: F401  isort: skip
 from .aggregation import aggregate_loss
-from .batch import Correction, PolicyBatch, Surrogate, TopK
+from .batch import Correction, PolicyBatch, Surrogate, TopK, make_topk
 from .config import OffPolicyConfig, correction_choices, method_params, resolve_config
 from .divergences import DIVERGENCES
 from .gates import CORRECTIONS, NO_CORRECTION
@@ -32,6 +33,7 @@ __all__ = [
     "Surrogate",
     "TopK",
     "aggregate_loss",
+    "make_topk",
     "correction_choices",
     "method_params",
     "resolve_config",

@@ -17,17 +17,48 @@ from .stats import clamp_log_ratio
 
 @dataclass
 class TopK:
-    """Rollout top-K log-probs and the current policy's log-probs at the same ids (SPEC §3.3).
+    """The rollout's top-K log-probs and the current policy's log-probs at the same ids (SPEC §3.3).
 
-    ``ids``: ``[B, T, K]`` int token ids of TopK(mu); ``rollout_log_probs``: ``[B, T, K]`` log mu at
-    those ids; ``log_probs``: ``[B, T, K]`` log pi_theta at those ids (detached). Padding slots of
-    a row with fewer than K entries carry ``valid == False``.
+    ids:               ``[B, T, K]`` token ids of TopK(mu) at every action token (-1: empty slot)
+    rollout_log_probs: ``[B, T, K]`` log mu at those ids
+    log_probs:         ``[B, T, K]`` log pi_theta at those ids (detached)
+    valid:             ``[B, T, K]`` slots that hold an id
+    sampled_in_topk:   ``[B, T]`` the sampled token a_t is one of the ids (S_t counts it once)
     """
 
     ids: torch.Tensor
     rollout_log_probs: torch.Tensor
     log_probs: torch.Tensor
     valid: torch.Tensor
+    sampled_in_topk: torch.Tensor
+
+
+def make_topk(ids: torch.Tensor, rollout_log_probs: torch.Tensor, log_probs: torch.Tensor,
+              action_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> TopK:
+    """Validate and assemble the top-K inputs; ``action_ids`` ``[B, T]`` are the sampled tokens."""
+    for name, value in (("rollout_topk_ids", ids), ("rollout_topk_log_probs", rollout_log_probs),
+                        ("topk_log_probs", log_probs), ("action_ids", action_ids)):
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if ids.dim() != 3 or rollout_log_probs.shape != ids.shape or log_probs.shape != ids.shape:
+        raise ValueError(
+            f"rollout_topk_ids {tuple(ids.shape)}, rollout_topk_log_probs {tuple(rollout_log_probs.shape)} and "
+            f"topk_log_probs {tuple(log_probs.shape)} must share one [batch, actions, K] shape"
+        )
+    if action_ids.shape != ids.shape[:2]:
+        raise ValueError(f"action_ids has shape {tuple(action_ids.shape)} but the top-K ids have {tuple(ids.shape)}")
+    rollout_log_probs = rollout_log_probs.detach().to(dtype)
+    log_probs = log_probs.detach().to(dtype)
+    # NaN marks a slot as unusable; -inf (a token the sampler filtered out) is a valid probability 0.
+    valid = (ids >= 0) & ~torch.isnan(rollout_log_probs) & ~torch.isnan(log_probs)
+    zero = torch.zeros((), dtype=dtype, device=ids.device)
+    return TopK(
+        ids=ids.long(),
+        rollout_log_probs=torch.where(valid, rollout_log_probs, zero),
+        log_probs=torch.where(valid, log_probs, zero),
+        valid=valid,
+        sampled_in_topk=((ids == action_ids.unsqueeze(-1)) & valid).any(dim=-1),
+    )
 
 
 @dataclass

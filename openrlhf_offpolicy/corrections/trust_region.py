@@ -51,6 +51,11 @@ def trm_mean_divergence(name: str) -> str:
 def _check_trm(cfg) -> None:
     if cfg.trm_max_delta is None and cfg.trm_avg_delta is None:
         raise ValueError("trm needs trm_max_delta or trm_avg_delta (or both); both are None")
+    if DIVERGENCES.get(cfg.trm_divergence).needs_topk and cfg.trm_reference != "current":
+        raise ValueError(
+            f"trm_divergence={cfg.trm_divergence} compares pi_roll with the current policy, whose log-probs at the "
+            "rollout's top-K ids the training forward gathers; set trm_reference=current (the TRM paper's form)"
+        )
 
 
 @CORRECTIONS.register(

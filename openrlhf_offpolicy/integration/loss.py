@@ -4,14 +4,48 @@
 run's settings to the upstream kwargs the trainer passes, and that copies its metrics into the
 ``experience.info`` of the micro-batch being trained (``patches`` points ``experience_info`` at it
 around every ``training_step``), so upstream logs them to wandb/tensorboard with its own metrics.
+With ``--vllm_logprobs_topk`` the loss also receives the micro-batch's top-K data (``PENDING``).
 """
 
 from __future__ import annotations
 
+import contextvars
+from dataclasses import dataclass
 from typing import Optional
+
+import torch
 
 from ..models.loss import PolicyLoss
 from .settings import OffPolicySettings
+
+
+@dataclass
+class PendingTopK:
+    """The top-K inputs of one training micro-batch, filled in by the actor's forward."""
+
+    ids: torch.Tensor  # [B, A, K]
+    rollout_log_probs: torch.Tensor  # [B, A, K]
+    action_ids: torch.Tensor  # [B, A]
+    log_probs: Optional[torch.Tensor] = None  # [B, A, K], pi_theta at the ids
+
+    @classmethod
+    def from_experience(cls, experience) -> "PendingTopK":
+        num_actions = experience.action_mask.shape[1]
+        return cls(
+            ids=experience.rollout_topk_ids.transpose(1, 2),
+            rollout_log_probs=experience.rollout_topk_log_probs.transpose(1, 2),
+            action_ids=experience.sequences[:, 1:][:, -num_actions:],
+        )
+
+    def loss_kwargs(self) -> dict:
+        if self.log_probs is None:
+            raise RuntimeError("the actor forward did not gather the top-K log-probs of this micro-batch")
+        return dict(rollout_topk_ids=self.ids, rollout_topk_log_probs=self.rollout_log_probs,
+                    topk_log_probs=self.log_probs, action_ids=self.action_ids)
+
+
+# The top-K data of the micro-batch being trained (set around ActorPPOTrainer.training_step).
+PENDING: contextvars.ContextVar = contextvars.ContextVar("openrlhf_offpolicy_pending_topk", default=None)
 
 
 class OpenRLHFPolicyLoss(PolicyLoss):
@@ -22,6 +56,9 @@ class OpenRLHFPolicyLoss(PolicyLoss):
         self.experience_info: Optional[dict] = None
 
     def forward(self, *args, **kwargs):
+        pending = PENDING.get()
+        if pending is not None:
+            kwargs.update(pending.loss_kwargs())
         out = super().forward(*args, **kwargs)
         if self.experience_info is not None:
             self.experience_info.update(self.metrics)

@@ -8,7 +8,8 @@
   * ``openrlhf.trainer.ppo_utils.samples_generator.SamplingParams``: wrapped to request the
     rollout log-probs (``logprobs``) whenever ``settings.request_rollout_logprobs``;
   * ``openrlhf.trainer.ray.create_vllm_engines``: wrapped so the engines return processed
-    log-probs (``logprobs_mode="processed_logprobs"``: after temperature, as sampled).
+    log-probs (``logprobs_mode="processed_logprobs"``: after temperature, as sampled);
+  * with ``--vllm_logprobs_topk``, the path of the rollout's top-K log-probs (``topk.py``).
 Upstream itself requests rollout log-probs only when its own ``is_correction_level`` is on.
 ``apply`` is idempotent; ``undo`` restores upstream (tests).
 """
@@ -19,7 +20,7 @@ import functools
 import inspect
 from typing import Dict, Optional, Tuple
 
-from .loss import OpenRLHFPolicyLoss, policy_loss_class
+from .loss import PENDING, OpenRLHFPolicyLoss, PendingTopK, policy_loss_class
 from .settings import OffPolicySettings
 
 _originals: Dict[Tuple[object, str], object] = {}
@@ -47,13 +48,42 @@ def apply(settings: OffPolicySettings) -> None:
     from openrlhf.trainer.ppo_utils import samples_generator
     from openrlhf.trainer.ray import ppo_actor
 
+    if _applied is not None:
+        undo()
     _replace(ppo_actor, "PolicyLoss", policy_loss_class(settings))
     trainer = ppo_actor.ActorPPOTrainer
     _replace(trainer, "training_step", _with_metrics_sink(_original(trainer, "training_step")))
     sampling_params = _original(samples_generator, "SamplingParams")
     _replace(samples_generator, "SamplingParams", _with_rollout_logprobs(sampling_params))
     _replace(ray_package, "create_vllm_engines", _with_logprobs_mode(_original(ray_package, "create_vllm_engines")))
+    if settings.logprobs_topk:
+        _apply_topk(settings.logprobs_topk)
     _applied = settings
+
+
+def _apply_topk(k: int) -> None:
+    import sys
+
+    import openrlhf.models.actor as actor_module
+    from openrlhf.trainer.ppo_utils import experience, replay_buffer, samples_generator
+    from openrlhf.trainer.ray import vllm_engine
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+    from . import topk
+
+    upstream_experience = experience.Experience
+    for name, module in list(sys.modules.items()):
+        if name.startswith("openrlhf.") and getattr(module, "Experience", None) is upstream_experience:
+            _replace(module, "Experience", topk.TopKExperience)
+    for module in (experience, replay_buffer):
+        _replace(module, "remove_padding_in_sequences", topk.remove_padding_in_sequences)
+    _replace(SingleTurnAgentExecutor, "execute", topk.with_topk_rows(SingleTurnAgentExecutor.execute, k))
+    generator = samples_generator.SamplesGenerator
+    _replace(generator, "_process_response_into_experience",
+             topk.with_topk_experience(generator._process_response_into_experience, k))
+    _replace(vllm_engine, "RolloutRayActor", topk.MaxLogprobsActor(vllm_engine.RolloutRayActor, k))
+    _replace(actor_module, "log_probs_from_logits", topk.with_topk_gather(actor_module.log_probs_from_logits))
+    _replace(actor_module.Actor, "forward", topk.with_topk_forward(actor_module.Actor.forward))
 
 
 def undo() -> None:
@@ -65,16 +95,24 @@ def undo() -> None:
 
 
 def _with_metrics_sink(training_step):
+    """Around each micro-batch: the loss writes its metrics into ``experience.info``, and the
+    micro-batch's top-K data (if any) is announced to the actor forward and the loss."""
+
     @functools.wraps(training_step)
     def wrapped(self, experience, *args, **kwargs):
         loss_fn = self.actor_loss_fn
         if not isinstance(loss_fn, OpenRLHFPolicyLoss):
             return training_step(self, experience, *args, **kwargs)
+        pending = None
+        if getattr(experience, "rollout_topk_ids", None) is not None:
+            pending = PENDING.set(PendingTopK.from_experience(experience))
         loss_fn.experience_info = experience.info
         try:
             return training_step(self, experience, *args, **kwargs)
         finally:
             loss_fn.experience_info = None
+            if pending is not None:
+                PENDING.reset(pending)
 
     return wrapped
 

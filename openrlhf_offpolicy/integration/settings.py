@@ -18,6 +18,7 @@ from ..corrections import OffPolicyConfig, resolve_config
 from .upstream_args import loss_kwargs_from_args, vllm_enabled
 
 ENV_VAR = "OPENRLHF_OFFPOLICY_SETTINGS"
+MAX_LOGPROBS_TOPK = 20  # vLLM's default max_logprobs
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class OffPolicySettings:
                 "give one of them"
             )
         config = self.loss_config(args)
+        self._check_topk(config, args)
         if config.needs_rollout_log_probs and not vllm_enabled(args):
             what = config.correction if config.correction_enabled else f"{config.policy_loss_type} with a correction"
             raise ValueError(
@@ -63,6 +65,23 @@ class OffPolicySettings:
                 "but vLLM is off (--vllm.num_engines is unset or 0)"
             )
         return config
+
+    def _check_topk(self, config: OffPolicyConfig, args) -> None:
+        k = self.logprobs_topk
+        if not 0 <= k <= MAX_LOGPROBS_TOPK:
+            raise ValueError(f"--vllm_logprobs_topk must lie in 1..{MAX_LOGPROBS_TOPK} (vLLM's limit), got {k}")
+        if config.needs_topk and not k:
+            raise ValueError(f"{'/'.join(config.divergences)} needs the rollout's top-K log-probs: "
+                             "add --vllm_logprobs_topk K (1 <= K <= 20)")
+        if not k:
+            return
+        if not vllm_enabled(args):
+            raise ValueError("--vllm_logprobs_topk needs vLLM engines, but vLLM is off (--vllm.num_engines)")
+        if args.train.agent_func_path:
+            raise ValueError("--vllm_logprobs_topk is not supported with --train.agent_func_path: multi-turn agent "
+                             "rollouts carry no top-K log-probs")
+        if args.ds.ring_attn_size > 1:
+            raise ValueError("--vllm_logprobs_topk is not supported with ring attention (--ds.ring_attn_size > 1)")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -14,9 +14,12 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
-from ..corrections import CORRECTIONS, POLICY_LOSSES, aggregate_loss, resolve_config
+from ..corrections import CORRECTIONS, POLICY_LOSSES, TopK, aggregate_loss, make_topk, resolve_config
 from ..corrections.batch import make_policy_batch
 from ..corrections.diagnostics import correction_metrics, filter_ratio, mismatch_metrics
+
+
+TOPK_ARGUMENTS = ("rollout_topk_ids", "rollout_topk_log_probs", "topk_log_probs", "action_ids")
 
 
 class PolicyLoss(nn.Module):
@@ -50,8 +53,10 @@ class PolicyLoss(nn.Module):
         global_batch_size: Optional[float] = None,
         **extra,
     ):
-        if extra:
-            raise ValueError(f"unexpected PolicyLoss.forward argument(s) {sorted(extra)}")
+        """Upstream's arguments, plus the top-K inputs of the top-K divergences (SPEC §3.3):
+        ``rollout_topk_ids`` / ``rollout_topk_log_probs`` ``[B, T, K]`` (the rollout's top-K),
+        ``topk_log_probs`` ``[B, T, K]`` (pi_theta at those ids) and ``action_ids`` ``[B, T]``."""
+        topk = self._topk(log_probs, extra)
         if rollout_log_probs is None and self.config.needs_rollout_log_probs:
             raise ValueError(
                 f"the {self.config.correction if self.config.correction_enabled else 'rollout-anchored'} "
@@ -59,7 +64,7 @@ class PolicyLoss(nn.Module):
                 "(pi_roll), but none were passed"
             )
         batch, action_mask, nonfinite = make_policy_batch(
-            log_probs, old_log_probs, advantages, action_mask, rollout_log_probs
+            log_probs, old_log_probs, advantages, action_mask, rollout_log_probs, topk
         )
 
         surrogate = self.surrogate(batch, self.config)
@@ -84,3 +89,25 @@ class PolicyLoss(nn.Module):
                 is_filter_ratio = filter_ratio(correction, batch)
             self.metrics = {k: torch.as_tensor(v).detach().float() for k, v in metrics.items()}
         return loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio
+
+    def _topk(self, log_probs, extra) -> Optional[TopK]:
+        unknown = sorted(set(extra) - set(TOPK_ARGUMENTS))
+        if unknown:
+            raise ValueError(f"unexpected PolicyLoss.forward argument(s) {unknown}")
+        given = [name for name in TOPK_ARGUMENTS if extra.get(name) is not None]
+        if not given:
+            if self.config.needs_topk:
+                raise ValueError(
+                    f"{'/'.join(self.config.divergences)} needs the rollout's top-K log-probs: pass "
+                    f"{', '.join(TOPK_ARGUMENTS)} (on the CLI: --vllm_logprobs_topk K)"
+                )
+            return None
+        if len(given) != len(TOPK_ARGUMENTS):
+            missing = [name for name in TOPK_ARGUMENTS if name not in given]
+            raise ValueError(f"top-K inputs are incomplete: missing {missing}")
+        dtype = torch.float64 if getattr(log_probs, "dtype", None) == torch.float64 else torch.float32
+        topk = make_topk(*(extra[name] for name in TOPK_ARGUMENTS), dtype=dtype)
+        if isinstance(log_probs, torch.Tensor) and topk.ids.shape[:2] != log_probs.shape:
+            raise ValueError(f"rollout_topk_ids has shape {tuple(topk.ids.shape)} but log_probs has shape "
+                             f"{tuple(log_probs.shape)}")
+        return topk

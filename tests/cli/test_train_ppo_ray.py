@@ -75,6 +75,8 @@ def test_every_preset_parses_through_upstreams_parser_with_its_values(preset, ca
             assert loss["threshold"] == value
         elif key == "enable_vllm_is_correction":
             assert (loss["correction"] != "none") == value
+        elif key == "vllm_logprobs_topk":
+            assert out["offpolicy"]["settings"]["logprobs_topk"] == value
         else:
             assert loss[key] == value, key
 
@@ -89,11 +91,11 @@ def script_argv(script, **env):
 FAMILY_VARIANTS = {
     "train_token_is.sh": ("CORRECTION", ["tis", "icepop"]),
     "train_sequence_is.sh": ("CORRECTION", ["geo-mask", "seq-mask-tis", "seq-tis", "seq-mis", "reinforce_pro"]),
-    "train_trm.sh": ("CORRECTION", ["trm", "trm_avg", "trm_combined"]),
+    "train_trm.sh": ("CORRECTION", ["trm", "trm_avg", "trm_combined", "trm_topk"]),
     "train_gspo.sh": ("LOSS", ["gspo", "gspo_token"]),
     "train_soft_gate.sh": ("LOSS", ["sapo", "is_reshape"]),
     "train_cispo.sh": ("LOSS", ["cispo"]),
-    "train_dppo.sh": ("LOSS", ["dppo", "dppo_kl"]),
+    "train_dppo.sh": ("LOSS", ["dppo", "dppo_kl", "dppo_topk"]),
     "train_baseline.sh": (None, [None]),
 }
 
@@ -116,7 +118,7 @@ def test_every_example_script_parses_through_upstreams_parser(script, variable, 
     assert up["vllm.num_engines"] == 8 and up["train.colocate_all"] is True
     assert up["algo.advantage.estimator"] == "group_norm" and up["rollout.n_samples_per_prompt"] == 8
     assert up["reward.remote_url"] == ["examples/scripts/reward_math.py"]
-    name = (variant or "baseline").replace("_avg", "").replace("_combined", "").replace("_kl", "")
+    name = (variant or "baseline").replace("_avg", "").replace("_combined", "").replace("_kl", "").replace("_topk", "")
     assert name in (loss["correction"], loss["policy_loss_type"]) or name == "baseline"
     assert up["logger.wandb.group"].startswith(loss["policy_loss_type"])
 
@@ -152,6 +154,14 @@ BAD_INPUT = [
     (["--cispo_clip_range", "1.5", "2"], "must contain 1"),
     (["--config", "configs/missing.yaml"], "No such file or directory"),
     (["--config"], "--config needs a FILE.yaml"),
+    (["--vllm_logprobs_topk", "21"], "must lie in 1..20"),
+    (["--vllm_logprobs_topk", "-1"], "must lie in 1..20"),
+    (["--policy_loss_type", "dppo", "--dppo_divergence", "topk_kl"], "add --vllm_logprobs_topk K"),
+    (["--vllm_logprobs_topk", "4", "--train.agent_func_path", "agent.py"], "multi-turn agent rollouts"),
+    (["--vllm_logprobs_topk", "4", "--ds.ring_attn_size", "2"], "ring attention"),
+    (["--vllm_logprobs_topk", "4", "--vllm.num_engines", "0"], "vLLM is off"),
+    (["--enable_vllm_is_correction", "--vllm_is_correction_type", "trm", "--trm_divergence", "topk_kl",
+      "--vllm_logprobs_topk", "4"], "set trm_reference=current"),
 ]
 
 

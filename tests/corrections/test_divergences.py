@@ -60,6 +60,6 @@ def test_binary_divergences_lower_bound_the_full_divergences(seed, vocab, scale)
 def test_estimators_do_not_overflow_at_extreme_log_ratios():
     log_mu = torch.tensor([[-100.0, 0.0]])
     log_pi = torch.tensor([[0.0, -100.0]])
-    for name in DIVERGENCES.names():
+    for name in DIVERGENCES.names(needs_topk=False):
         out = DIVERGENCES.get(name).fn(log_mu, log_pi)
         assert torch.isfinite(out).all(), name

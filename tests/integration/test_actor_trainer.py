@@ -15,12 +15,9 @@ so the rollout log-probs are the recomputed ones plus noise.
 """
 
 import os
-import socket
 
-import pytest
 import torch
-import torch.distributed as dist
-from helpers import MINIMAL_UPSTREAM_ARGV
+from helpers import MINIMAL_UPSTREAM_ARGV, CPUStrategy
 
 from openrlhf_offpolicy.cli.train_ppo_ray import parse
 from openrlhf_offpolicy.integration import patches
@@ -30,58 +27,6 @@ from openrlhf_offpolicy.models import PolicyLoss
 
 SPEC_METRICS = {"is/weight_mean", "is/weight_max", "is/ess", "is/token_masked_frac", "is/seq_masked_frac",
                 "mismatch/k1", "mismatch/k3", "mismatch/max_k2", "trm/accept_rate", "sapo/gate_mean"}
-
-
-class CPUStrategy:
-    """Stands in for DeepspeedStrategy where it needs CUDA (see the module docstring)."""
-
-    ring_attn_group = None
-    accumulated_gradient = 1
-
-    def __init__(self, args):
-        self.args = args
-        self.grad_norm = 0.0
-
-    def backward(self, loss, model, optimizer):
-        loss.backward()
-
-    def optimizer_step(self, optimizer, model, scheduler, name="model"):
-        params = [p for p in model.parameters() if p.grad is not None]
-        self.grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm=1e9).item()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-
-    def get_grad_norm(self, model):
-        return self.grad_norm
-
-    def is_rank_0(self):
-        return True
-
-    def print(self, *msg):
-        print(*msg)
-
-
-@pytest.fixture(scope="module")
-def gloo():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    path = tmp_path_factory.mktemp("tiny-qwen2")
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    return str(path)
 
 
 def build_trainer(cli_argv, model_dir, monkeypatch):
