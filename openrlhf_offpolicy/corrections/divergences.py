@@ -18,6 +18,8 @@ i.e. TV and KL after collapsing the vocabulary to {a_t, everything else}. The to
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .registry import Registry
@@ -50,18 +52,17 @@ def kl_estimator_k3(log_mu: torch.Tensor, log_pi: torch.Tensor, topk=None) -> to
     return torch.expm1(log_x) - log_x
 
 
-def _binary_probs(log_mu: torch.Tensor, log_pi: torch.Tensor):
-    p = log_mu.exp().clamp(BINARY_PROB_EPS, 1 - BINARY_PROB_EPS)
-    q = log_pi.exp().clamp(BINARY_PROB_EPS, 1 - BINARY_PROB_EPS)
-    return p, q
+def _binary_log_probs(log_mu: torch.Tensor, log_pi: torch.Tensor):
+    low, high = math.log(BINARY_PROB_EPS), math.log1p(-BINARY_PROB_EPS)
+    return log_mu.clamp(low, high), log_pi.clamp(low, high)
 
 
 @DIVERGENCES.register(
     "binary_tv", for_dppo=True, dppo_delta=0.15, source="DPPO arXiv 2602.04879 (binary approximation)"
 )
 def binary_tv(log_mu: torch.Tensor, log_pi: torch.Tensor, topk=None) -> torch.Tensor:
-    p, q = _binary_probs(log_mu, log_pi)
-    return (p - q).abs()
+    lp, lq = _binary_log_probs(log_mu, log_pi)
+    return (lp.exp() - lq.exp()).abs()
 
 
 @DIVERGENCES.register(
@@ -72,5 +73,6 @@ def binary_tv(log_mu: torch.Tensor, log_pi: torch.Tensor, topk=None) -> torch.Te
     source="DPPO arXiv 2602.04879 (binary approximation); TRM arXiv 2512.23075",
 )
 def binary_kl(log_mu: torch.Tensor, log_pi: torch.Tensor, topk=None) -> torch.Tensor:
-    p, q = _binary_probs(log_mu, log_pi)
-    return p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()
+    lp, lq = _binary_log_probs(log_mu, log_pi)
+    p, q = lp.exp(), lq.exp()
+    return p * (lp - lq) + (1 - p) * (torch.log1p(-p) - torch.log1p(-q))

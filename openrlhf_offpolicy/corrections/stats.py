@@ -47,13 +47,6 @@ def prefix_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return running_sum / running_count
 
 
-def seq_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sequence max over tokens, ``[B]``; 0 for a sequence without tokens."""
-    filled = torch.where(mask > 0, x, torch.full_like(x, float("-inf")))
-    out = filled.max(dim=-1).values
-    return torch.where(mask.sum(dim=-1) > 0, out, torch.zeros_like(out))
-
-
 def broadcast_seq(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Spread a per-sequence ``[B]`` tensor over the tokens of ``like`` (``[B, T]``)."""
     return values.unsqueeze(-1).expand_as(like)

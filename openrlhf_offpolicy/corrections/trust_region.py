@@ -27,7 +27,7 @@ from .batch import Correction, PolicyBatch
 from .divergences import DIVERGENCES
 from .gates import CORRECTIONS, sequence_gate, token_gate, token_ratio
 from .registry import Param, positive
-from .stats import in_band, masked_mean, seq_max, seq_mean
+from .stats import in_band, masked_mean, seq_mean
 
 TRM_SOURCE = "TRM: Li et al., 'Trust Region Masking for Long-Horizon LLM Reinforcement Learning', arXiv 2512.23075"
 
@@ -91,7 +91,9 @@ def trust_region_mask(batch: PolicyBatch, cfg) -> Correction:
     keep = torch.ones_like(has_tokens)
     metrics = {}
     if cfg.trm_max_delta is not None:
-        worst = seq_max(token_divergence(batch, cfg.trm_divergence, log_ref), batch.mask)
+        # Divergences are >= 0 and 0 off the mask, so the plain row max is the max over the tokens.
+        divergence = token_divergence(batch, cfg.trm_divergence, log_ref)
+        worst = divergence.amax(dim=-1) if divergence.shape[-1] else divergence.sum(dim=-1)
         keep = keep & (worst <= cfg.trm_max_delta)
         metrics["trm/max_div"] = masked_mean(worst, has_tokens.float())
     if cfg.trm_avg_delta is not None:
