@@ -1,0 +1,38 @@
+"""Import boundaries: corrections and the loss are pure torch; the CLI validates before importing
+OpenRLHF, Ray or vLLM; only ``integration`` touches OpenRLHF."""
+
+import os
+import re
+import subprocess
+import sys
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def imported_after(statement):
+    code = (f"import sys\n{statement}\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in "
+            "('openrlhf', 'ray', 'vllm', 'deepspeed', 'transformers')}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_corrections_and_policy_loss_import_torch_only():
+    assert imported_after("import openrlhf_offpolicy.corrections, openrlhf_offpolicy.models") == "[]"
+
+
+def test_the_cli_checks_flags_without_importing_openrlhf_ray_or_vllm():
+    statement = ("from openrlhf_offpolicy.cli.train_ppo_ray import parse\n"
+                 "parse(['--vllm.num_engines', '1', '--enable_vllm_is_correction'])")
+    assert imported_after(statement) == "[]"
+
+
+def test_only_integration_imports_openrlhf():
+    pattern = re.compile(r"^\s*(from|import)\s+openrlhf(\.|\s|$)", re.M)
+    package = os.path.join(REPO, "openrlhf_offpolicy")
+    for root, _, files in os.walk(package):
+        for name in files:
+            if name.endswith(".py") and os.path.relpath(root, package).split(os.sep)[0] != "integration":
+                with open(os.path.join(root, name)) as f:
+                    assert not pattern.search(f.read()), os.path.join(root, name)
