@@ -113,16 +113,16 @@ def run_once(module, inputs):
     return log_probs.grad
 
 
-def measure(module, inputs):
-    """(seconds, peak bytes) of one forward+backward."""
+def measure(fn):
+    """(seconds, peak resident-set growth in bytes) of one call of ``fn``."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the high-water mark to the current resident set
     base = _kib("VmRSS")
     start = time.perf_counter()
-    grad = run_once(module, inputs)
+    out = fn()
     elapsed = time.perf_counter() - start
     peak = (_kib("VmHWM") - base) * 1024
-    del grad
+    del out
     return elapsed, peak
 
 
@@ -146,7 +146,7 @@ def main(argv=None):
     peaks = {name: [] for name in METHODS}
     for _ in tqdm(range(args.rounds), desc="bench rounds"):
         for name, module in modules.items():
-            seconds, peak = measure(module, inputs)
+            seconds, peak = measure(lambda: run_once(module, inputs))
             times[name].append(seconds)
             peaks[name].append(peak)
 
@@ -155,7 +155,7 @@ def main(argv=None):
     rows = []
     for name in METHODS:
         t, m = statistics.median(times[name]), statistics.median(peaks[name])
-        rows.append((name, t * 1e3, t / base_t, m / 2**20, m / base_m))
+        rows.append((name, t * 1e3, t / base_t, m / 2**20, (m / base_m if base_m else float('nan'))))
 
     header = (f"B={args.batch} T={args.length} float32, {torch.get_num_threads()} threads, "
               f"median of {args.rounds} interleaved rounds; baseline = openrlhf 0.11.2 PolicyLoss token TIS")

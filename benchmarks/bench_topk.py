@@ -17,7 +17,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 if os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
@@ -27,7 +26,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from bench_loss import _kib, load_upstream_policy_loss  # noqa: E402
+from bench_loss import load_upstream_policy_loss, measure  # noqa: E402
 
 from openrlhf_offpolicy.corrections import DIVERGENCES, make_topk  # noqa: E402
 from openrlhf_offpolicy.corrections.dppo import dppo_mask  # noqa: E402
@@ -39,18 +38,6 @@ def upstream_log_probs():
     import importlib
 
     return importlib.import_module("openrlhf.models.utils").log_probs_from_logits
-
-
-def measure(fn):
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _kib("VmRSS")
-    start = time.perf_counter()
-    out = fn()
-    elapsed = time.perf_counter() - start
-    peak = (_kib("VmHWM") - base) * 1024
-    del out
-    return elapsed, peak
 
 
 def main(argv=None):
@@ -100,7 +87,7 @@ def main(argv=None):
              "| computation | time ms | time ratio | peak MiB | memory ratio |", "|---|---:|---:|---:|---:|"]
     for name in names:
         t, m = statistics.median(times[name]), statistics.median(peaks[name])
-        lines.append(f"| {name} | {t * 1e3:.0f} | {t / base_t:.3f}x | {m / 2**20:.0f} | {m / base_m:.3f}x |")
+        lines.append(f"| {name} | {t * 1e3:.0f} | {t / base_t:.3f}x | {m / 2**20:.0f} | {(m / base_m if base_m else float('nan')):.3f}x |")
     ids_bytes, lps_bytes = 4 * K, 4 * K  # int32 ids, float32 log-probs per action token
     lines += ["", f"Replay buffer: the top-K fields add {ids_bytes + lps_bytes} bytes per token "
               f"({ids_bytes} int32 ids + {lps_bytes} float32 log-probs) at K={K}; upstream's own per-token "
