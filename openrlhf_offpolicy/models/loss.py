@@ -20,6 +20,9 @@ from ..corrections.diagnostics import correction_metrics, filter_ratio, mismatch
 
 
 TOPK_ARGUMENTS = ("rollout_topk_ids", "rollout_topk_log_probs", "topk_log_probs", "action_ids")
+# Upstream 0.11.2's constructor order, so positional calls keep working.
+UPSTREAM_POSITIONAL = ("clip_eps_low", "clip_eps_high", "dual_clip", "token_level_loss", "policy_loss_type",
+                       "is_correction_level", "is_correction_mode", "is_correction_gating", "is_correction_threshold")
 
 
 class PolicyLoss(nn.Module):
@@ -28,8 +31,14 @@ class PolicyLoss(nn.Module):
     forward pipeline: ratios -> surrogate -> correction coefficient -> aggregation -> metrics.
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__()
+        if len(args) > len(UPSTREAM_POSITIONAL):
+            raise TypeError(f"PolicyLoss takes at most {len(UPSTREAM_POSITIONAL)} positional arguments")
+        for name, value in zip(UPSTREAM_POSITIONAL, args):
+            if name in kwargs:
+                raise TypeError(f"PolicyLoss got multiple values for argument {name!r}")
+            kwargs[name] = value
         self.config = resolve_config(**kwargs)
         self.surrogate = POLICY_LOSSES.get(self.config.policy_loss_type).fn
         self.correction = CORRECTIONS.get(self.config.correction).fn

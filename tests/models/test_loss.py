@@ -266,6 +266,15 @@ def test_per_sequence_advantages_broadcast_and_one_dimensional_log_probs_are_rej
         PolicyLoss()(torch.zeros(9), torch.zeros(9), torch.zeros(9))
 
 
+def test_positional_constructor_arguments_follow_upstreams_order():
+    module = PolicyLoss(0.1, 0.28, 3.0, False, "gspo", "token", "clip")
+    cfg = module.config
+    assert (cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip, cfg.policy_loss_type) == (0.1, 0.28, 3.0, "gspo")
+    assert cfg.anchor_on_rollout and not cfg.token_level_loss
+    with pytest.raises(TypeError, match="multiple values"):
+        PolicyLoss(0.1, clip_eps_low=0.2)
+
+
 def test_unknown_forward_arguments_are_rejected():
     with pytest.raises(ValueError, match="unexpected PolicyLoss.forward argument"):
         PolicyLoss()(**random_inputs(), rollout_entropy=None)
