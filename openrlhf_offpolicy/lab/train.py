@@ -103,6 +103,7 @@ def run_method(label: str, seed: int, config: LabConfig, warm_state, engine_cls,
         return engine.generate.remote(task.prompts(config.prompts_per_step, prompt_gen), n)
 
     history: List[dict] = []
+    initial = ray.get(trainer.evaluate.remote(eval_prompts))  # the warmed-up policy, before any RL update
     pending = rollout(0)
     start = time.time()
     for step in range(config.steps):
@@ -113,6 +114,8 @@ def run_method(label: str, seed: int, config: LabConfig, warm_state, engine_cls,
         if lag >= 1 and step + 1 < config.steps:  # async: the engine samples while the trainer updates
             pending = rollout(step + 1)
         record = {"step": step, **ray.get(train_ref)}
+        if step == 0:
+            record["eval_initial"] = initial["eval_reward"]
         if lag == 0 and step + 1 < config.steps:
             pending = rollout(step + 1)
         if step % config.eval_every == 0 or step == config.steps - 1:
@@ -139,7 +142,7 @@ def summarize(histories: Dict[str, List[List[dict]]]) -> List[dict]:
         final = per_seed(lambda run: statistics.fmean(evals(run)[-3:]))
         rows.append({
             "method": label,
-            "eval_start": statistics.fmean(per_seed(lambda run: evals(run)[0])),
+            "eval_start": statistics.fmean(per_seed(lambda run: run[0]["eval_initial"])),
             "eval_final": statistics.fmean(final),
             "eval_final_min": min(final),
             "eval_final_max": max(final),
@@ -159,8 +162,9 @@ def summarize(histories: Dict[str, List[List[dict]]]) -> List[dict]:
 def summary_table(rows: List[dict], config: LabConfig) -> str:
     head = (f"Mismatch lab: task {config.task} (prompt {config.prompt_len} digits, graded reward), "
             f"{config.steps} steps of {config.prompts_per_step}x{config.samples_per_prompt} samples, lr {config.lr}, "
-            f"mismatch: {config.mismatch.describe()}; greedy eval reward of the trainer's policy, mean over "
-            f"{len(config.seeds)} seed(s) [min..max of the final value]\n\n")
+            f"mismatch: {config.mismatch.describe()}; greedy eval reward of the trainer's policy (start: "
+            f"after the warm-up, before RL; final: mean of the last 3 evaluations), mean over {len(config.seeds)} "
+            f"seed(s) [min..max of the final value]\n\n")
     lines = ["| method | eval start | eval final | best | rollout reward | mismatch k3 | masked tokens | grad norm |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -181,8 +185,9 @@ def plot_curves(histories: Dict[str, List[List[dict]]], config: LabConfig, path:
     fig, axes = plt.subplots(1, 3, figsize=(18, 5))
     for label, runs in histories.items():
         style = dict(linestyle="--", color="black") if label == CONTROL else {}
-        steps = [r["step"] for r in runs[0] if "eval_reward" in r]
-        evals = [statistics.fmean(vals) for vals in zip(*[[r["eval_reward"] for r in run if "eval_reward" in r]
+        steps = [-1] + [r["step"] for r in runs[0] if "eval_reward" in r]
+        evals = [statistics.fmean(vals) for vals in zip(*[[run[0]["eval_initial"]] +
+                                                            [r["eval_reward"] for r in run if "eval_reward" in r]
                                                             for run in runs])]
         line, = axes[0].plot(steps, evals, marker=".", label=label, **style)
         color = style.get("color", line.get_color())

@@ -25,6 +25,7 @@ def test_a_short_lab_run_logs_every_step_with_the_spec_metrics(tmp_path, monkeyp
             assert KEYS <= set(record), KEYS - set(record)
             assert extra <= set(record)
         assert [("eval_reward" in r) for r in lines] == [True, False, True, True]
+        assert "eval_initial" in lines[0]
         assert os.listdir(tmp_path / "tensorboard" / name)
     tis = histories["tis [0, 2]"][0]
     assert [r["staleness"] for r in tis] == [0.0, 1.0, 2.0, 2.0], "the engine lags by up to 2 updates"
