@@ -177,17 +177,21 @@ def plot(results: List[EstimatorStats], kl: float, path: str) -> None:
 
     rows = [r for r in results if r.kl == kl]
     methods = list(dict.fromkeys(r.method for r in rows))
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    for m in methods:
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5.5))
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xh<>p8"
+    for i, m in enumerate(methods):
         pts = sorted((r for r in rows if r.method == m), key=lambda r: r.length)
         x = [r.length for r in pts]
-        axes[0].plot(x, [r.bias for r in pts], marker="o", label=m)
-        axes[1].plot(x, [r.variance for r in pts], marker="o", label=m)
-        axes[2].plot(x, [r.accept for r in pts], marker="o", label=m)
+        style = dict(marker=markers[i % len(markers)], color=colors[(2 * i) % 20 + (i // 10) % 2], label=m,
+                     linestyle="-" if i < 10 else "--")
+        axes[0].plot(x, [r.bias for r in pts], **style)
+        axes[1].plot(x, [r.variance for r in pts], **style)
+        axes[2].plot(x, [r.accept for r in pts], **style)
     axes[0].set(title="relative bias ||E g - grad J|| / ||grad J||", xlabel="response length T")
     axes[1].set(title="relative variance tr Cov(g) / ||grad J||^2", xlabel="response length T", yscale="log")
     axes[2].set(title="accepted token fraction under mu", xlabel="response length T", ylim=(-0.02, 1.02))
-    axes[2].legend(fontsize=7, loc="lower left")
+    axes[2].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(f"Exact estimator bench (tabular policy, per-token KL(mu||pi) = {kl})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
