@@ -87,7 +87,8 @@ def main(argv=None):
              "| computation | time ms | time ratio | peak MiB | memory ratio |", "|---|---:|---:|---:|---:|"]
     for name in names:
         t, m = statistics.median(times[name]), statistics.median(peaks[name])
-        lines.append(f"| {name} | {t * 1e3:.0f} | {t / base_t:.3f}x | {m / 2**20:.0f} | {(m / base_m if base_m else float('nan')):.3f}x |")
+        ratio = m / base_m if base_m else float("nan")
+        lines.append(f"| {name} | {t * 1e3:.0f} | {t / base_t:.3f}x | {m / 2**20:.0f} | {ratio:.3f}x |")
     ids_bytes, lps_bytes = 4 * K, 4 * K  # int32 ids, float32 log-probs per action token
     lines += ["", f"Replay buffer: the top-K fields add {ids_bytes + lps_bytes} bytes per token "
               f"({ids_bytes} int32 ids + {lps_bytes} float32 log-probs) at K={K}; upstream's own per-token "
