@@ -35,10 +35,6 @@ DIVERGENCES = Registry(
 BINARY_PROB_EPS = 1e-6
 
 
-def kl_estimator_k1(log_mu: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
-    return -clamp_log_ratio(log_pi - log_mu)
-
-
 @DIVERGENCES.register("k2", sample_based=True, for_trm=True, source="Schulman 2020; TRM arXiv 2512.23075")
 def kl_estimator_k2(log_mu: torch.Tensor, log_pi: torch.Tensor, topk=None) -> torch.Tensor:
     log_x = clamp_log_ratio(log_pi - log_mu)

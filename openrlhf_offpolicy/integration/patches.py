@@ -36,10 +36,6 @@ def _original(owner, name: str):
     return _originals.get((owner, name), getattr(owner, name))
 
 
-def applied_settings() -> Optional[OffPolicySettings]:
-    return _applied
-
-
 def apply(settings: OffPolicySettings) -> None:
     global _applied
     if _applied == settings:

@@ -18,7 +18,7 @@ import torch
 
 from ..models import PolicyLoss
 from .model import TinyConfig, TinyTransformer
-from .task import ReverseTask
+from .task import DigitTask
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def response_log_probs(model: torch.nn.Module, sequences: torch.Tensor, prompt_l
 
 
 class RolloutEngine:
-    def __init__(self, config: TinyConfig, task: ReverseTask, mismatch: Mismatch, seed: int = 0) -> None:
+    def __init__(self, config: TinyConfig, task: DigitTask, mismatch: Mismatch, seed: int = 0) -> None:
         self.task = task
         self.mismatch = mismatch
         self.model = TinyTransformer(config).eval()
@@ -98,7 +98,7 @@ def group_advantages(rewards: torch.Tensor, n_samples: int, eps: float = 1e-6) -
 
 
 class Trainer:
-    def __init__(self, config: TinyConfig, task: ReverseTask, loss_kwargs: dict, lr: float = 1e-3,
+    def __init__(self, config: TinyConfig, task: DigitTask, loss_kwargs: dict, lr: float = 1e-3,
                  max_grad_norm: float = 1.0, micro_batches: int = 1, seed: int = 0,
                  init_state: Optional[Dict[str, torch.Tensor]] = None) -> None:
         torch.manual_seed(seed)
@@ -156,7 +156,7 @@ class Trainer:
         return {"eval_reward": float(graded.mean()), "eval_exact": float(exact.mean())}
 
 
-def supervised_warmup(config: TinyConfig, task: ReverseTask, steps: int, batch_size: int = 128,
+def supervised_warmup(config: TinyConfig, task: DigitTask, steps: int, batch_size: int = 128,
                       lr: float = 3e-3, seed: int = 0) -> Dict[str, torch.Tensor]:
     """A short supervised warm-up on correct responses so RL starts from a partly trained policy."""
     torch.manual_seed(seed)

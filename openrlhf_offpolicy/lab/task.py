@@ -1,4 +1,4 @@
-"""Verifiable synthetic tasks on strings of digits.
+"""Verifiable synthetic tasks on strings of digits (``DigitTask``).
 
 Sequence layout: ``d_1 .. d_k SEP r_1 .. r_k`` with digits 0..9 and SEP = 10. The correct response
 is the prompt reversed (``kind="reverse"``, easy), sorted (``"sort"``) or its running sum mod 10
@@ -17,7 +17,7 @@ NUM_DIGITS = 10
 
 
 @dataclass(frozen=True)
-class ReverseTask:
+class DigitTask:
     prompt_len: int = 6
     reward: str = "graded"  # or "exact"
     kind: str = "reverse"  # or "sort", "cumsum"

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .engines import Mismatch, RolloutEngine, Trainer, supervised_warmup
 from .model import TinyConfig
-from .task import ReverseTask
+from .task import DigitTask
 
 CONTROL = "no mismatch (control)"
 
@@ -69,8 +69,8 @@ class LabConfig:
     mismatch: Mismatch = field(default_factory=lambda: Mismatch(staleness=3))
     model: TinyConfig = field(default_factory=TinyConfig)
 
-    def task_obj(self) -> ReverseTask:
-        return ReverseTask(prompt_len=self.prompt_len, kind=self.task)
+    def task_obj(self) -> DigitTask:
+        return DigitTask(prompt_len=self.prompt_len, kind=self.task)
 
 
 def loss_kwargs(label: str) -> dict:

@@ -11,9 +11,9 @@ from openrlhf_offpolicy.lab.engines import (
     supervised_warmup,
 )
 from openrlhf_offpolicy.lab.model import TinyConfig, TinyTransformer
-from openrlhf_offpolicy.lab.task import ReverseTask
+from openrlhf_offpolicy.lab.task import DigitTask
 
-TASK = ReverseTask(prompt_len=4, kind="cumsum")
+TASK = DigitTask(prompt_len=4, kind="cumsum")
 CONFIG = TinyConfig(max_len=TASK.seq_len)
 
 
@@ -28,12 +28,12 @@ def engine_and_trainer(mismatch, loss_kwargs=None):
 
 def test_tasks_compute_their_answers_and_graded_rewards():
     prompts = torch.tensor([[3, 1, 2, 9, 10]])
-    assert ReverseTask(4, kind="reverse").answers(prompts).tolist() == [[9, 2, 1, 3]]
-    assert ReverseTask(4, kind="sort").answers(prompts).tolist() == [[1, 2, 3, 9]]
-    assert ReverseTask(4, kind="cumsum").answers(prompts).tolist() == [[3, 4, 6, 5]]
-    task = ReverseTask(4, kind="cumsum")
+    assert DigitTask(4, kind="reverse").answers(prompts).tolist() == [[9, 2, 1, 3]]
+    assert DigitTask(4, kind="sort").answers(prompts).tolist() == [[1, 2, 3, 9]]
+    assert DigitTask(4, kind="cumsum").answers(prompts).tolist() == [[3, 4, 6, 5]]
+    task = DigitTask(4, kind="cumsum")
     assert task.rewards(prompts, torch.tensor([[3, 4, 0, 5]])).item() == 0.75
-    assert ReverseTask(4, "exact", "cumsum").rewards(prompts, torch.tensor([[3, 4, 0, 5]])).item() == 0.0
+    assert DigitTask(4, "exact", "cumsum").rewards(prompts, torch.tensor([[3, 4, 0, 5]])).item() == 0.0
 
 
 def test_without_mismatch_the_engine_log_probs_equal_the_trainers_recompute():
