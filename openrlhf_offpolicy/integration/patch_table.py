@@ -1,0 +1,46 @@
+"""Every upstream symbol this project replaces, in one table.
+
+Each ``Patch`` names the upstream module whose import it waits for, the attribute path replaced
+inside it, a factory ``make(original, settings) -> replacement`` and a condition on the settings.
+``apply_table(settings)`` installs the entries whose condition holds on the modules that are
+already imported; ``patches.undo`` restores every original.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, List
+
+from .settings import OffPolicySettings
+
+
+def always(settings: OffPolicySettings) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One replaced upstream symbol."""
+
+    module: str  # upstream module, e.g. "openrlhf.trainer.ray.ppo_actor"
+    target: str  # attribute path inside it: "PolicyLoss" or "ActorPPOTrainer.training_step"
+    make: Callable[[Any, OffPolicySettings], Any]  # (original, settings) -> replacement
+    when: Callable[[OffPolicySettings], bool] = always
+    why: str = ""
+
+    def owner_and_name(self):
+        owner = importlib.import_module(self.module)
+        *path, name = self.target.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        return owner, name
+
+
+# Filled by the modules that define replacements (see ``register``); listed here in one place.
+PATCHES: List[Patch] = []
+
+
+def register(patch: Patch) -> Patch:
+    PATCHES.append(patch)
+    return patch
