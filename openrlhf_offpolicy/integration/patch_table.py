@@ -44,3 +44,15 @@ PATCHES: List[Patch] = []
 def register(patch: Patch) -> Patch:
     PATCHES.append(patch)
     return patch
+
+
+def apply_table(settings: OffPolicySettings, replace: Callable[[Any, str, Any], None], original) -> None:
+    """Install every entry whose condition holds (eagerly: imports each entry's module).
+
+    ``replace(owner, name, value)`` records the original for ``undo``; ``original(owner, name)``
+    returns the unpatched attribute.
+    """
+    for patch in PATCHES:
+        if patch.when(settings):
+            owner, name = patch.owner_and_name()
+            replace(owner, name, patch.make(original(owner, name), settings))

@@ -54,6 +54,9 @@ def apply(settings: OffPolicySettings) -> None:
     _replace(ray_package, "create_vllm_engines", _with_logprobs_mode(_original(ray_package, "create_vllm_engines")))
     if settings.logprobs_topk:
         _apply_topk(settings.logprobs_topk)
+    from .patch_table import apply_table
+
+    apply_table(settings, _replace, _original)
     _applied = settings
 
 
