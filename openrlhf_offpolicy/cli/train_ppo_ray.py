@@ -96,13 +96,15 @@ def config_tokens(path: str, known: Optional[Sequence[str]] = None) -> List[str]
     tokens: List[str] = []
     for key, value in data.items():
         flag = f"--{str(key).lstrip('-')}"
-        if known is not None and flag not in known:
-            message = checks.unknown_flag_message(flag, known, where="")
-            raise UsageError(f"--config {path}: key {str(key)!r}: {message.replace(' --', ' ')}")
         if isinstance(value, dict):
             example = next(iter(value), "name")
             raise UsageError(f"--config {path}: key {str(key)!r} holds a nested mapping; write flat dotted keys "
                              f"such as '{key}.{example}: ...'")
+        if known is not None and flag not in known:
+            completions = sorted(k for k in known if k.startswith(flag))
+            hint = completions[0] if completions else checks.nearest(flag, known)
+            raise UsageError(f"--config {path}: unknown key {str(key)!r}"
+                             + (f"; did you mean {hint[2:]}?" if hint else ""))
         if value is True:
             tokens.append(flag)
         elif value is False:

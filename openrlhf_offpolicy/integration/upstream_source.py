@@ -40,7 +40,10 @@ class UpstreamMissing(RuntimeError):
 
 
 def _package_dir() -> str:
-    spec = importlib.util.find_spec("openrlhf")  # a top-level find_spec imports nothing
+    try:
+        spec = importlib.util.find_spec("openrlhf")  # a top-level find_spec imports nothing
+    except ImportError:
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise UpstreamMissing(INSTALL_HINT)
     return list(spec.submodule_search_locations)[0]
