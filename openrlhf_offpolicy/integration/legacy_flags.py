@@ -69,7 +69,14 @@ RENAMED: Dict[str, List[str]] = {
     "--dynamic_filtering_reward_range": ["--algo.dynamic_filtering_range"],
 }
 
+# Older 0.x flags that 0.9.10's parser no longer has but the 0.9.x README still shows.
+OLDER_SIGNATURES: Dict[str, str] = {"--generate_max_len": "1:int"}
+RENAMED["--generate_max_len"] = ["--rollout.max_new_tokens"]
+
 NO_EQUIVALENT: Dict[str, str] = {
+    "--prompt_max_len": "0.11.2 bounds prompt + response together: --data.max_len PROMPT_MAX_LEN+GENERATE_MAX_LEN "
+                        "(and --rollout.max_new_tokens GENERATE_MAX_LEN)",
+    "--use_icepop": "use --enable_vllm_is_correction --vllm_is_correction_type icepop",
     "--ptx_coef": "0.11.2 has no pretraining (PTX) loss in PPO; drop the flag (closest: a KL anchor, "
                   "--algo.kl.init_coef / --algo.kl.use_loss)",
     "--actor_init_on_gpu": "0.11.2 places the actor through DeepSpeed; drop the flag (closest: --ds.zero_stage)",
@@ -151,7 +158,7 @@ def translate(tokens: Sequence[str], known: Iterable[str], note: Callable[[str],
     """
     known = set(known)
     mapping = table()
-    sigs = load()["old"]
+    sigs = {**load()["old"], **OLDER_SIGNATURES}
     out: List[str] = []
     i = 0
     while i < len(tokens):
