@@ -24,7 +24,7 @@ import functools
 import importlib.util
 import os
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 UPSTREAM_MODULE = "openrlhf.cli.train_ppo_ray"
 UPSTREAM_VERSION = "0.11.2"
@@ -33,6 +33,12 @@ INSTALL_HINT = (
     f"run `make test` (it builds .venv with it) or `pip install openrlhf=={UPSTREAM_VERSION}`"
 )
 _HIERARCHIZE_MODULE = "openrlhf.utils.config"
+
+
+# Values this project adds to the choices of an upstream flag (flag -> extra choices), applied to the
+# parser read from source (CLI checks, --help, --dry_run). A real run must accept them too: whoever adds
+# an entry here also patches upstream's parser for the runpy path.
+EXTRA_CHOICES: Dict[str, List[str]] = {}
 
 
 class UpstreamMissing(RuntimeError):
@@ -129,9 +135,19 @@ def parser_from_source(path: str) -> argparse.ArgumentParser:
     return parser
 
 
+def extend_choices(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``EXTRA_CHOICES`` to the parser's actions (idempotent)."""
+    for action in parser._actions:
+        for flag in action.option_strings:
+            extra = [c for c in EXTRA_CHOICES.get(flag, ()) if action.choices is not None and c not in action.choices]
+            if extra:
+                action.choices = [*action.choices, *extra]
+    return parser
+
+
 def upstream_parser() -> argparse.ArgumentParser:
     """Upstream's own ``ArgumentParser`` (built from the installed source, nothing heavy imported)."""
-    return parser_from_source(source_path())
+    return extend_choices(parser_from_source(source_path()))
 
 
 def upstream_flags() -> List[str]:
@@ -160,10 +176,14 @@ def run_main_block(argv: Sequence[str], *, hierarchize: Callable, train: Callabl
         raise RuntimeError(f"{path}: the __main__ block no longer imports {_HIERARCHIZE_MODULE}.hierarchize")
     ns = _namespace(path)
     ns.update(hierarchize=hierarchize, train=train)
+    body = [s for s in body if not _is_hierarchize_import(s)]
+    cut = next(i for i, stmt in enumerate(body) if _is_parse_args(stmt))
     old_argv = sys.argv
     sys.argv = [prog, *argv]
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            _run([s for s in body if not _is_hierarchize_import(s)], ns, path)
+            _run(body[:cut], ns, path)
+            extend_choices(ns["parser"])
+            _run(body[cut:], ns, path)
     finally:
         sys.argv = old_argv

@@ -51,3 +51,15 @@ def test_a_missing_upstream_is_one_line_saying_how_to_install_it(monkeypatch):
     with pytest.raises(upstream_source.UpstreamMissing) as e:
         upstream_source.source_path()
     assert "\n" not in str(e.value) and "pip install openrlhf==0.11.2" in str(e.value) and "make test" in str(e.value)
+
+
+def test_extra_choices_reach_the_checks_and_the_dry_run(monkeypatch, capsys):
+    from helpers import MINIMAL_UPSTREAM_ARGV, dry_run
+
+    argv = [a if a != "group_norm" else "my_estimator" for a in MINIMAL_UPSTREAM_ARGV]
+    status, err = dry_run(argv, capsys)
+    assert status == 2 and "invalid choice: 'my_estimator'" in err
+    monkeypatch.setitem(upstream_source.EXTRA_CHOICES, "--algo.advantage.estimator", ["my_estimator"])
+    monkeypatch.setattr(upstream_source, "parser_from_source", upstream_source.parser_from_source.__wrapped__)
+    status, out = dry_run(argv, capsys)
+    assert status == 0 and out["upstream"]["algo.advantage.estimator"] == "my_estimator"
