@@ -24,7 +24,8 @@ def test_corrections_and_policy_loss_import_torch_only():
 
 def test_the_cli_checks_flags_without_importing_openrlhf_ray_or_vllm():
     statement = ("from openrlhf_offpolicy.cli.train_ppo_ray import parse\n"
-                 "parse(['--vllm.num_engines', '1', '--enable_vllm_is_correction'])")
+                 "parse(['--actor.model_name_or_path', 'm', '--reward.remote_url', 'r.py', '--vllm.num_engines', '1', "
+                 "'--enable_vllm_is_correction'])")
     assert imported_after(statement) == "[]"
 
 

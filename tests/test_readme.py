@@ -37,6 +37,13 @@ def test_gpu_quickstart_command_parses_through_the_cli(capsys, monkeypatch):
     argv = tokens[tokens.index("openrlhf_offpolicy.cli.train_ppo_ray") + 1:]
     status, out = dry_run(argv, capsys)
     assert status == 0, out
-    assert out["upstream"]["vllm.num_engines"] == 8 and out["upstream"]["logger.wandb.key"] == "dummy-key"
+    assert out["upstream"]["vllm.num_engines"] == 8 and out["upstream"]["logger.wandb.key"] == "<redacted>"
     assert out["offpolicy"]["policy_loss"]["correction"] == "trm"
     assert out["offpolicy"]["policy_loss"]["trm_max_delta"] == 0.05
+
+
+def test_the_loss_snippet_runs_as_written(capsys):
+    block = next(b for b in code_blocks("python") if "PolicyLoss(" in b)
+    exec(compile(block, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "trm/accept_rate" in out and "vllm_is_correction_type = 'tis'" in out

@@ -9,8 +9,9 @@
 #   bash examples/scripts/train_trm.sh --train.num_episodes 3        # extra flags are appended
 #
 # Environment: RAY_ADDRESS (default http://127.0.0.1:8265), MODEL, DATASET, INPUT_KEY, LABEL_KEY,
-# SAVE_DIR, WANDB_API_KEY (enables wandb), PYTHON (default python3), DRY_RUN=1, PRINT_ARGV=1 (print
-# the CLI arguments one per line and exit: used by the tests).
+# SAVE_DIR, WANDB_API_KEY (enables wandb), PYTHON (default for DRY_RUN: the repository's .venv/bin/python
+# when it exists, else python3; for the Ray job: python3 on the cluster), DRY_RUN=1, PRINT_ARGV=1 (print the CLI arguments one per line and exit: used by
+# the tests).
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -19,6 +20,8 @@ DATASET="${DATASET:-zhuzilin/dapo-math-17k}"
 INPUT_KEY="${INPUT_KEY:-prompt}"
 LABEL_KEY="${LABEL_KEY:-label}"
 SAVE_DIR="${SAVE_DIR:-./checkpoint}"
+LOCAL_PYTHON="${PYTHON:-python3}"
+if [[ -z "${PYTHON:-}" && -x "$REPO_DIR/.venv/bin/python" ]]; then LOCAL_PYTHON="$REPO_DIR/.venv/bin/python"; fi
 
 BASE_ARGS=(
   --actor.model_name_or_path "$MODEL"
@@ -46,7 +49,7 @@ launch() {
   if [[ "${PRINT_ARGV:-0}" == 1 ]]; then
     printf '%s\n' "${cmd[@]:3}"
   elif [[ "${DRY_RUN:-0}" == 1 ]]; then
-    (cd "$REPO_DIR" && "${cmd[@]}" --dry_run)
+    (cd "$REPO_DIR" && "$LOCAL_PYTHON" "${cmd[@]:1}" --dry_run)
   else
     (cd "$REPO_DIR" && ray job submit --address="${RAY_ADDRESS:-http://127.0.0.1:8265}" \
       --runtime-env-json='{"working_dir": ".", "excludes": [".venv", ".git", "lab_results", "bench_results", "checkpoint"]}' \

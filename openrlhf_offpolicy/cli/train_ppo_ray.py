@@ -5,33 +5,34 @@ module adds (SPEC §4):
     --enable_vllm_is_correction, --vllm_is_truncated_threshold LOW HIGH, --vllm_is_correction_type,
     --policy_loss_type, one --<name> per method parameter, --vllm_logprobs_topk K, --config FILE.yaml,
     --dry_run, --no_mismatch_metrics.
-Our flags are validated before anything heavy is imported, so a bad value or a contradiction
-exits with status 2 and a one-line reason within a second or two, long before Ray starts.
+The seed fork's OpenRLHF 0.9.x flat flags (``--pretrain``, ...) are translated to 0.11.2's, one
+stderr line each (``integration.legacy_flags``). Every flag, ours and upstream's, is validated
+before anything heavy is imported (``cli.checks``; upstream's parser is read from its source), so
+bad input exits with status 2 and a one-line reason within a second or two. ``--help`` and
+``--dry_run`` run upstream's argument handling only, so they work without a GPU stack.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-from ..corrections import POLICY_LOSSES, correction_choices, method_params
-from ..integration.settings import OffPolicySettings
-from ..integration.upstream_args import given_flags, peek_upstream_args
+# torch imports the deprecated pynvml on CPU machines and warns about it on every start.
+warnings.filterwarnings("ignore", message="The pynvml package is deprecated", category=FutureWarning)
+
+from ..corrections import POLICY_LOSSES, correction_choices, method_params  # noqa: E402
+from ..integration.settings import OffPolicySettings  # noqa: E402
+from ..integration.upstream_args import given_flags, peek_upstream_args  # noqa: E402
+from . import checks  # noqa: E402
+from .checks import StrictParser as _Parser, UsageError  # noqa: E402,F401
 
 PROG = "python -m openrlhf_offpolicy.cli.train_ppo_ray"
-
-
-class UsageError(ValueError):
-    """A bad command line; reported as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would print usage and exit; we want one line
-        raise UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,8 +79,11 @@ def _value_parser(param):
     return convert
 
 
-def config_tokens(path: str) -> List[str]:
-    """A YAML preset (``flag: value`` pairs, flags without ``--``) as command-line tokens."""
+def config_tokens(path: str, known: Optional[Sequence[str]] = None) -> List[str]:
+    """A YAML preset (``flag: value`` pairs, flags without ``--``) as command-line tokens.
+
+    With ``known`` (every valid ``--flag``), an unknown key is an error naming the file, the key
+    and the nearest valid key."""
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
@@ -92,6 +96,15 @@ def config_tokens(path: str) -> List[str]:
     tokens: List[str] = []
     for key, value in data.items():
         flag = f"--{str(key).lstrip('-')}"
+        if isinstance(value, dict):
+            example = next(iter(value), "name")
+            raise UsageError(f"--config {path}: key {str(key)!r} holds a nested mapping; write flat dotted keys "
+                             f"such as '{key}.{example}: ...'")
+        if known is not None and flag not in known:
+            completions = sorted(k for k in known if k.startswith(flag))
+            hint = completions[0] if completions else checks.nearest(flag, known)
+            raise UsageError(f"--config {path}: unknown key {str(key)!r}"
+                             + (f"; did you mean {hint[2:]}?" if hint else ""))
         if value is True:
             tokens.append(flag)
         elif value is False:
@@ -105,7 +118,7 @@ def config_tokens(path: str) -> List[str]:
     return tokens
 
 
-def expand_config(argv: Sequence[str]) -> List[str]:
+def expand_config(argv: Sequence[str], known: Optional[Sequence[str]] = None) -> List[str]:
     """Replace ``--config FILE`` by the preset's tokens, placed first so the command line wins."""
     argv = list(argv)
     preset: List[str] = []
@@ -116,11 +129,11 @@ def expand_config(argv: Sequence[str]) -> List[str]:
         if tok == "--config":
             if i + 1 >= len(argv):
                 raise UsageError("--config needs a FILE.yaml")
-            preset += config_tokens(argv[i + 1])
+            preset += config_tokens(argv[i + 1], known)
             i += 2
             continue
         if tok.startswith("--config="):
-            preset += config_tokens(tok.split("=", 1)[1])
+            preset += config_tokens(tok.split("=", 1)[1], known)
         else:
             out.append(tok)
         i += 1
@@ -150,12 +163,35 @@ def settings_from(ns: argparse.Namespace) -> OffPolicySettings:
     )
 
 
+def _note(line: str) -> None:
+    print(f"train_ppo_ray: note: {line}", file=sys.stderr)
+
+
 def parse(argv: Sequence[str]):
-    """(our namespace, settings, upstream argv) after the fast checks; UsageError/ValueError."""
-    tokens = expand_config(argv)
-    ours, upstream_argv = build_parser().parse_known_args(tokens)
+    """(our namespace, settings, upstream argv) after the fast checks; UsageError/ValueError.
+
+    Raises ``UpstreamMissing`` when OpenRLHF is not installed."""
+    from ..integration import legacy_flags
+    from ..integration.upstream_source import upstream_parser
+
+    ours_parser, upstream = build_parser(), upstream_parser()
+    known = checks.option_strings(ours_parser) + checks.option_strings(upstream)
+    tokens = expand_config(argv, known + list(legacy_flags.table()) + list(legacy_flags.NO_EQUIVALENT))
+    tokens = legacy_flags.translate(tokens, known, _note, error=UsageError)
+    full = checks.check_tokens(tokens, ours_parser, upstream)
+    checks.check_inputs(full)
+    ours, upstream_argv = ours_parser.parse_known_args(tokens)
+    checks.check_bands({
+        "--vllm_is_truncated_threshold": ours.vllm_is_truncated_threshold,
+        "--algo.advantage.is_correction_threshold": vars(full).get("algo.advantage.is_correction_threshold"),
+    })
     settings = settings_from(ours)
-    settings.check(peek_upstream_args(upstream_argv), given_flags(upstream_argv))
+    upstream_given = given_flags(upstream_argv)
+    config = settings.check(peek_upstream_args(upstream_argv), upstream_given)
+    checks.check_selected(
+        {name: getattr(ours, name) for name in method_params() if hasattr(ours, name)}, config, upstream_given,
+        vars(full), {a.dest: a.default for a in upstream._actions},
+    )
     return ours, settings, upstream_argv
 
 
@@ -172,32 +208,55 @@ def flatten(namespace, prefix: str = "") -> Dict[str, object]:
     return out
 
 
+SECRET = re.compile(r"key|token|secret|password", re.IGNORECASE)
+# Names that match SECRET but hold no secret: dataset column names and a metric's name.
+NOT_SECRET = re.compile(r"^data\.|^ckpt\.best_metric_key$")
+REDACTED = "<redacted>"
+
+
+def redact(flat: Dict[str, object]) -> Dict[str, object]:
+    """Hide the string values of ``*key*``/``*token*``/``*secret*`` flags (e.g. ``logger.wandb.key``)."""
+    return {
+        name: REDACTED if isinstance(value, str) and SECRET.search(name.split(".")[-1]) and not NOT_SECRET.search(name)
+        else value
+        for name, value in flat.items()
+    }
+
+
+def print_help() -> int:
+    from ..integration.upstream_source import UpstreamMissing, upstream_parser
+
+    build_parser().print_help()
+    try:
+        upstream = upstream_parser()
+    except UpstreamMissing as e:
+        print(f"train_ppo_ray: {e}", file=sys.stderr)
+        return 0
+    upstream.prog = PROG
+    print("\nUpstream OpenRLHF 0.11.2 flags (OpenRLHF 0.9.x flat flags such as --pretrain are translated):\n")
+    upstream.print_help()
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..integration.launch import MissingDependency
+    from ..integration.upstream_source import UpstreamMissing
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        build_parser().print_help()
-        print("\nUpstream OpenRLHF 0.11.2 flags:\n")
-        sys.stdout.flush()
-        from ..integration.launch import run_upstream_help
-
-        return run_upstream_help()
+        return print_help()
     try:
         ours, settings, upstream_argv = parse(argv)
-    except ValueError as e:
-        print(f"train_ppo_ray: error: {e}", file=sys.stderr)
-        return 2
+        from ..integration.launch import run
 
-    from ..integration.launch import run
-
-    try:
         args, config, settings = run(upstream_argv, settings, dry_run=ours.dry_run,
                                      explicit_flags=given_flags(upstream_argv), prog=PROG)
-    except ValueError as e:
+    except (ValueError, UpstreamMissing, MissingDependency) as e:
         print(f"train_ppo_ray: error: {e}", file=sys.stderr)
         return 2
     if ours.dry_run:
         resolved = {
-            "upstream": flatten(args),
+            "upstream": redact(flatten(args)),
             "offpolicy": {"settings": json.loads(settings.to_json()), "policy_loss": config.describe()},
         }
         print(json.dumps(resolved, indent=2, sort_keys=True, default=str))

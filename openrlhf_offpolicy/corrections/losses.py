@@ -11,6 +11,8 @@ Registration meta:
                         apply the mismatch twice (dppo).
     anchors_on_rollout  with a correction enabled the loss measures its ratio against pi_roll and
                         applies no coefficient (upstream's gspo semantics).
+    ppo_clip            the loss reads the PPO clip (clip_eps_low/high, dual_clip; upstream's
+                        --actor.eps_clip* / --actor.dual_clip); absent means False.
 """
 
 from __future__ import annotations

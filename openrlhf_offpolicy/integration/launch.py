@@ -8,8 +8,10 @@ Upstream builds its parser inside the module's ``__main__`` block, so the module
     ``args`` (``args.offpolicy``);
   * ``ray.init`` is wrapped to add the settings and our ``worker_process_setup_hook`` to the job's
     runtime env, so every Ray worker installs the patches when it starts;
-  * for ``--dry_run``, ``ray.is_initialized`` (the first thing upstream's ``train`` calls) stops the
-    run after all of upstream's own argument checks, before Ray starts.
+  * ``ray.is_initialized`` (the first thing upstream's ``train`` calls) marks where upstream's own
+    argument checks end.
+``--dry_run`` executes only upstream's ``__main__`` block, with ``train`` replaced by a stop, read from
+upstream's source (``upstream_source``): the same parsing and checks, without Ray, vLLM or DeepSpeed.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Iterable, List, Optional, Tuple
 
-from ..corrections import OffPolicyConfig
-from . import patches
+from ..corrections import CORRECTIONS, DIVERGENCES, POLICY_LOSSES, OffPolicyConfig
+from ..corrections.config import DEFAULT_THRESHOLD
+from . import patches, upstream_source
 from .settings import ENV_VAR, OffPolicySettings
 from .upstream_args import vllm_enabled
 
@@ -61,14 +64,42 @@ def runtime_env_with_settings(runtime_env: Optional[dict], settings: OffPolicySe
 
 
 def method_label(config: OffPolicyConfig) -> str:
-    """``<policy loss>-<correction>``: the default wandb group, so runs compare side by side."""
+    """The default wandb group: ``<policy loss>-<correction>``, then the band and every parameter of
+    the selected methods that differs from its default (``ppo-trm-trm_avg_delta=0.002-trm_max_delta=none``),
+    so runs of different settings never share a group."""
     if config.correction_enabled:
         correction = config.correction
     elif config.anchor_on_rollout:
         correction = "rollout-anchor"
     else:
         correction = "no-correction"
-    return f"{config.policy_loss_type}-{correction}"
+    parts = [f"{config.policy_loss_type}-{correction}"]
+    if config.correction_enabled and tuple(config.threshold) != tuple(DEFAULT_THRESHOLD):
+        parts.append("band=" + ":".join(f"{v:g}" for v in config.threshold))
+    selected = {config.correction, config.policy_loss_type, *config.divergences}
+    for registry in (CORRECTIONS, POLICY_LOSSES, DIVERGENCES):
+        for entry in registry:
+            if entry.name not in selected:
+                continue
+            for p in entry.params:
+                value = config.params[p.name]
+                if not _same(value, p.default):
+                    parts.append(f"{p.name}={_short(value)}")
+    return "-".join(dict.fromkeys(parts))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
+
+
+def _short(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return ":".join(_short(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def finalize_args(args, settings: OffPolicySettings, explicit_flags: Iterable[str]):
@@ -98,8 +129,13 @@ def run(
 ) -> Tuple[object, OffPolicyConfig, OffPolicySettings]:
     """Execute upstream's ``__main__`` with our hooks; returns (args, config, settings).
 
-    With ``dry_run`` it returns once upstream has parsed and checked its arguments, before Ray.
+    With ``dry_run`` only upstream's ``__main__`` block runs (read from its source, see
+    ``upstream_source``): it parses and checks the arguments and stops where ``train`` would start
+    Ray, so nothing GPU-only (vLLM, DeepSpeed, flash-attn) is imported.
     """
+    if dry_run:
+        return _dry_run(upstream_argv, settings, explicit_flags, prog)
+    require_gpu_stack()
     import openrlhf.utils.config as upstream_config
     import ray
 
@@ -109,9 +145,8 @@ def run(
         args = original_hierarchize(flat)
         state["config"], state["settings"] = finalize_args(args, settings, explicit_flags)
         state["args"] = args
-        if not dry_run:
-            patches.apply(state["settings"])
-        state["trap"] = swapped(ray, "is_initialized", _stop_before_ray if dry_run else _mark_started)
+        patches.apply(state["settings"])
+        state["trap"] = swapped(ray, "is_initialized", _mark_started)
         state["trap"].__enter__()
         return args
 
@@ -126,14 +161,11 @@ def run(
     with contextlib.ExitStack() as stack:
         original_hierarchize = stack.enter_context(swapped(upstream_config, "hierarchize", hierarchize))
         stack.enter_context(swapped(sys, "argv", [prog, *upstream_argv]))
-        if not dry_run:
-            original_init = stack.enter_context(swapped(ray, "init", init_with_settings))
-            # The driver: upstream's module binds create_vllm_engines when it is imported.
-            patches.apply(settings)
+        original_init = stack.enter_context(swapped(ray, "init", init_with_settings))
+        # The driver: upstream's module binds create_vllm_engines when it is imported.
+        patches.apply(settings)
         try:
             runpy.run_module(UPSTREAM_MODULE, run_name="__main__", alter_sys=True)
-        except _StopBeforeRay:
-            pass
         except AssertionError as e:
             if "args" in state and "started" not in state:  # upstream's own checks, after parsing
                 raise UpstreamCheckFailed(f"upstream train_ppo_ray rejected the arguments: {e}") from e
@@ -144,15 +176,48 @@ def run(
     return state["args"], state["config"], state["settings"]
 
 
-def _stop_before_ray():
+def _dry_run(upstream_argv, settings, explicit_flags, prog):
+    original_hierarchize = upstream_source.upstream_hierarchize()
+    state = {}
+
+    def hierarchize(flat):
+        args = original_hierarchize(flat)
+        state["config"], state["settings"] = finalize_args(args, settings, explicit_flags)
+        state["args"] = args
+        return args
+
+    try:
+        upstream_source.run_main_block(upstream_argv, hierarchize=hierarchize, train=_stop_before_ray, prog=prog)
+    except _StopBeforeRay:
+        pass
+    except AssertionError as e:
+        if "args" not in state:
+            raise
+        raise UpstreamCheckFailed(f"upstream train_ppo_ray rejected the arguments: {e}") from e
+    return state["args"], state["config"], state["settings"]
+
+
+# Modules a real run imports that only a GPU machine has, and how to get them.
+GPU_STACK = {
+    "flash_attn": "pip install flash-attn==2.8.3 --no-build-isolation (needs CUDA; see dockerfile/Dockerfile)",
+    "vllm": "pip install vllm==0.29.0 (or `pip install openrlhf[vllm]==0.11.2`)",
+}
+
+
+class MissingDependency(RuntimeError):
+    """A module a real run needs is not installed (one-line message)."""
+
+
+def require_gpu_stack() -> None:
+    """A real run needs upstream, vLLM and flash-attn; name the first one missing and how to install it."""
+    import importlib.util
+
+    upstream_source.source_path()  # UpstreamMissing with the install hint
+    for module, how in GPU_STACK.items():
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependency(f"a real run needs {module}, which is not installed: {how}; "
+                                    "--dry_run and --help work without it")
+
+
+def _stop_before_ray(*_):
     raise _StopBeforeRay()
-
-
-def run_upstream_help(prog: str = "train_ppo_ray") -> int:
-    """Print upstream's own ``--help``."""
-    with swapped(sys, "argv", [prog, "--help"]):
-        try:
-            runpy.run_module(UPSTREAM_MODULE, run_name="__main__", alter_sys=True)
-        except SystemExit as e:
-            return int(e.code or 0)
-    return 0

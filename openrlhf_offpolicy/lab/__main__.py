@@ -10,10 +10,16 @@ from . import estimators, train
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="lab_results")
-    parser.add_argument("--skip-estimators", action="store_true")
-    parser.add_argument("--skip-train", action="store_true")
+    parser = argparse.ArgumentParser(
+        description=" ".join(__doc__.split()),
+        epilog="Each part has its own options: python -m openrlhf_offpolicy.lab.estimators --help, "
+        "python -m openrlhf_offpolicy.lab.train --help.")
+    parser.add_argument("--out", default="lab_results",
+                        help="output folder: README.md plus estimators/ and train/ (default lab_results)")
+    parser.add_argument("--skip-estimators", action="store_true",
+                        help="skip the exact estimator bench (python -m openrlhf_offpolicy.lab.estimators)")
+    parser.add_argument("--skip-train", action="store_true",
+                        help="skip the mismatch lab (python -m openrlhf_offpolicy.lab.train)")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     sections = []

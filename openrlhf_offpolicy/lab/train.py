@@ -183,24 +183,29 @@ def plot_curves(histories: Dict[str, List[List[dict]]], config: LabConfig, path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 5))
-    for label, runs in histories.items():
+    markers = "osD^vP*Xh<>p8"
+    for i, (label, runs) in enumerate(histories.items()):
         style = dict(linestyle="--", color="black") if label == CONTROL else {}
+        marks = dict(marker=markers[i % len(markers)], markevery=max(1, config.steps // 10), markersize=5)
         steps = [-1] + [r["step"] for r in runs[0] if "eval_reward" in r]
         evals = [statistics.fmean(vals) for vals in zip(*[[run[0]["eval_initial"]] +
                                                             [r["eval_reward"] for r in run if "eval_reward" in r]
                                                             for run in runs])]
-        line, = axes[0].plot(steps, evals, marker=".", label=label, **style)
+        line, = axes[0].plot(steps, evals, label=label, **{**style, **marks, "markevery": 1})
         color = style.get("color", line.get_color())
         rewards = [statistics.fmean(vals) for vals in zip(*[[r["reward"] for r in run] for run in runs])]
         axes[1].plot(range(len(rewards)), _smooth(rewards), color=color, label=label,
-                     linestyle=style.get("linestyle", "-"))
-        k3 = [statistics.fmean(vals) for vals in zip(*[[max(r.get("mismatch/k3", 0.0), 1e-8) for r in run]
-                                                        for run in runs])]
-        axes[2].plot(range(len(k3)), _smooth(k3), color=color, label=label, linestyle=style.get("linestyle", "-"))
-    axes[0].set(title="greedy eval reward (trainer's policy)", xlabel="step", ylim=(0, 1.02))
-    axes[1].set(title="rollout reward (engine samples, smoothed)", xlabel="step", ylim=(0, 1.02))
-    axes[2].set(title="mismatch KL(pi_roll || pi_old), k3 estimate (smoothed; control = 0)", xlabel="step",
-                yscale="log", ylim=(1e-4, 2.0))
+                     linestyle=style.get("linestyle", "-"), **marks)
+        k3 = [statistics.fmean(vals) for vals in zip(*[[r.get("mismatch/k3", 0.0) for r in run] for run in runs])]
+        axes[2].plot(range(len(k3)), _smooth(k3), color=color, label=label, linestyle=style.get("linestyle", "-"),
+                     **marks)
+    axes[0].set(title="greedy eval reward (trainer's policy)", xlabel="step", ylabel="mean reward", ylim=(0, 1.02))
+    axes[1].set(title="rollout reward (engine samples, smoothed)", xlabel="step", ylabel="mean reward",
+                ylim=(0, 1.02))
+    # symlog: linear below 1e-4, so the control's exact 0 is drawn on the axis, log above.
+    axes[2].set_yscale("symlog", linthresh=1e-4)
+    axes[2].set(title="mismatch KL(pi_roll || pi_old), k3 (smoothed)", xlabel="step",
+                ylabel="KL per token (symlog; control = 0)", ylim=(0, 2.0))
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Mismatch lab — {config.mismatch.describe()} — mean over {len(config.seeds)} seed(s)")
     fig.tight_layout()
@@ -299,25 +304,33 @@ def run_lab(config: LabConfig, methods: Sequence[str], out_dir: str, wandb_mode:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS), metavar="METHOD",
                         help=f"methods to compare (default: {DEFAULT_METHODS}); choices: {list(METHODS)}")
-    parser.add_argument("--task", default="cumsum", choices=["reverse", "sort", "cumsum"])
-    parser.add_argument("--prompt-len", type=int, default=6)
-    parser.add_argument("--warmup-steps", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--prompts-per-step", type=int, default=32)
-    parser.add_argument("--samples-per-prompt", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1.5e-3)
-    parser.add_argument("--eval-every", type=int, default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--task", default="cumsum", choices=["reverse", "sort", "cumsum"],
+                        help="digit task: reverse, sort or cumsum (running sum mod 10; default)")
+    parser.add_argument("--prompt-len", type=int, default=6, help="digits per prompt (default 6)")
+    parser.add_argument("--warmup-steps", type=int, default=100,
+                        help="supervised warm-up steps before RL (default 100)")
+    parser.add_argument("--steps", type=int, default=200, help="RL steps per method and seed (default 200)")
+    parser.add_argument("--prompts-per-step", type=int, default=32, help="prompts per RL step (default 32)")
+    parser.add_argument("--samples-per-prompt", type=int, default=8,
+                        help="responses per prompt, the GRPO group size (>= 2; default 8)")
+    parser.add_argument("--lr", type=float, default=1.5e-3, help="trainer learning rate (default 1.5e-3)")
+    parser.add_argument("--eval-every", type=int, default=10,
+                        help="greedy evaluation of the trainer's policy every N steps (default 10)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                        help="seeds; curves and table are means over them (default 0 1)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="rollout engine precision")
     parser.add_argument("--noise-prob", type=float, default=0.0, help="fraction of generated tokens with logit noise")
     parser.add_argument("--noise-std", type=float, default=0.0, help="std of that logit noise")
     parser.add_argument("--staleness", type=int, default=3, help="engine weights lag the trainer by this many updates")
-    parser.add_argument("--out", default="lab_results/train")
+    parser.add_argument("--out", default="lab_results/train",
+                        help="output folder: summary.md/.json, curves.png, runs/*.jsonl, tensorboard/ "
+                        "(default lab_results/train)")
     parser.add_argument("--wandb", action="store_true", help="also log to wandb (project openrlhf_offpolicy_lab)")
-    parser.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
+    parser.add_argument("--wandb-mode", default="offline", choices=["offline", "online"],
+                        help="wandb mode with --wandb: offline (default, no network) or online")
     args = parser.parse_args(argv)
     if args.samples_per_prompt < 2:
         parser.error("--samples-per-prompt must be >= 2 (GRPO groups)")

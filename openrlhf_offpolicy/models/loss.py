@@ -9,13 +9,16 @@ as detached 0-d tensors. Nothing here imports OpenRLHF.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+import difflib
+import inspect
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..corrections import CORRECTIONS, POLICY_LOSSES, TopK, aggregate_loss, make_topk, resolve_config
+from ..corrections import CORRECTIONS, POLICY_LOSSES, TopK, aggregate_loss, make_topk, method_params, resolve_config
 from ..corrections.batch import make_policy_batch
+from ..corrections.config import UPSTREAM_GATES, correction_choices
 from ..corrections.diagnostics import correction_metrics, filter_ratio, mismatch_metrics
 
 
@@ -24,22 +27,93 @@ TOPK_ARGUMENTS = ("rollout_topk_ids", "rollout_topk_log_probs", "topk_log_probs"
 UPSTREAM_POSITIONAL = ("clip_eps_low", "clip_eps_high", "dual_clip", "token_level_loss", "policy_loss_type",
                        "is_correction_level", "is_correction_mode", "is_correction_gating", "is_correction_threshold")
 
+# What each non-method argument means (method parameters carry their own help in the registry).
+ARGUMENT_HELP = {
+    "clip_eps_low": "PPO clip: lower bound 1 - clip_eps_low on the ratio (losses with a PPO clip)",
+    "clip_eps_high": "PPO clip: upper bound 1 + clip_eps_high (DAPO clip-higher)",
+    "dual_clip": "dual-clip bound c > 1 for negative advantages, or None",
+    "token_level_loss": "True: mean over all tokens; False: mean over sequences of the token mean",
+    "policy_loss_type": "the policy loss",
+    "is_correction_level": "upstream 0.11.2 correction gate: granularity (off disables it)",
+    "is_correction_mode": "upstream gate: mask (drop) or clip (clamp) units out of the band",
+    "is_correction_gating": "upstream gate: the statistic the band applies to",
+    "is_correction_threshold": "upstream gate: [LOW, HIGH] band, or [HIGH] for an upper bound only",
+    "enable_vllm_is_correction": "0.9.x fork API: turn on vllm_is_correction_type",
+    "vllm_is_truncated_threshold": "0.9.x fork API: [LOW, HIGH] band of the correction statistic",
+    "vllm_is_correction_type": "0.9.x fork API: the mismatch correction (with enable_vllm_is_correction=True)",
+}
+
+
+def _valid_values() -> Dict[str, List[str]]:
+    return {
+        "policy_loss_type": POLICY_LOSSES.names(),
+        "is_correction_level": ["off", *dict.fromkeys(k[0] for k in UPSTREAM_GATES)],
+        "is_correction_mode": list(dict.fromkeys(k[1] for k in UPSTREAM_GATES)),
+        "is_correction_gating": list(dict.fromkeys(k[2] for k in UPSTREAM_GATES)),
+        "vllm_is_correction_type": correction_choices(),
+        **{p.name: list(p.choices()) for p in method_params().values() if p.choices is not None},
+    }
+
+
+def policy_loss_arguments() -> List[Tuple[str, Any, str]]:
+    """(name, default, description with valid values) of every ``PolicyLoss`` keyword argument."""
+    valid = _valid_values()
+    out = []
+    for name, param in inspect.signature(resolve_config).parameters.items():
+        if param.kind is param.KEYWORD_ONLY:
+            out.append((name, param.default, ARGUMENT_HELP.get(name, "")))
+    for p in method_params().values():
+        out.append((p.name, p.default, p.help + ("; None allowed" if p.optional else "")))
+    return [(name, default, text + (f"; one of {', '.join(valid[name])}" if name in valid else ""))
+            for name, default, text in out]
+
+
+def arguments_help() -> str:
+    lines = ["PolicyLoss keyword arguments (name = default: meaning; valid values):"]
+    lines += [f"  {name} = {default!r}: {text}" for name, default, text in policy_loss_arguments()]
+    return "\n".join(lines)
+
 
 class PolicyLoss(nn.Module):
-    """Policy loss with rollout/training mismatch corrections.
+    """Policy loss with rollout/training mismatch corrections; a drop-in for upstream's ``PolicyLoss``.
+
+    The first nine arguments are upstream 0.11.2's, in its order (positional calls keep working);
+    ``enable_vllm_is_correction`` / ``vllm_is_truncated_threshold`` / ``vllm_is_correction_type`` are
+    the 0.9.x fork's correction API; ``**method_params`` are the registered methods' parameters.
+    ``PolicyLoss.help()`` prints every argument with its default and valid values. A bad name or
+    value raises ``ValueError`` (a misspelled name with the nearest valid one).
 
     forward pipeline: ratios -> surrogate -> correction coefficient -> aggregation -> metrics.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(
+        self,
+        clip_eps_low: float = 0.2,
+        clip_eps_high: float = 0.2,
+        dual_clip: Optional[float] = None,
+        token_level_loss: bool = True,
+        policy_loss_type: str = "ppo",
+        is_correction_level: str = "off",
+        is_correction_mode: str = "mask",
+        is_correction_gating: str = "ratio",
+        is_correction_threshold: Optional[Sequence[float]] = (0.5, 5.0),
+        *,
+        enable_vllm_is_correction: bool = False,
+        vllm_is_truncated_threshold: Optional[Sequence[float]] = (0.5, 5.0),
+        vllm_is_correction_type: str = "tis",
+        **method_params: Any,
+    ) -> None:
         super().__init__()
-        if len(args) > len(UPSTREAM_POSITIONAL):
-            raise TypeError(f"PolicyLoss takes at most {len(UPSTREAM_POSITIONAL)} positional arguments")
-        for name, value in zip(UPSTREAM_POSITIONAL, args):
-            if name in kwargs:
-                raise TypeError(f"PolicyLoss got multiple values for argument {name!r}")
-            kwargs[name] = value
-        self.config = resolve_config(**kwargs)
+        _check_names(method_params)
+        self.config = resolve_config(
+            clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high, dual_clip=dual_clip,
+            token_level_loss=token_level_loss, policy_loss_type=policy_loss_type,
+            is_correction_level=is_correction_level, is_correction_mode=is_correction_mode,
+            is_correction_gating=is_correction_gating, is_correction_threshold=is_correction_threshold,
+            enable_vllm_is_correction=enable_vllm_is_correction,
+            vllm_is_truncated_threshold=vllm_is_truncated_threshold,
+            vllm_is_correction_type=vllm_is_correction_type, **method_params,
+        )
         self.surrogate = POLICY_LOSSES.get(self.config.policy_loss_type).fn
         self.correction = CORRECTIONS.get(self.config.correction).fn
         self.metrics: Dict[str, torch.Tensor] = {}
@@ -99,6 +173,11 @@ class PolicyLoss(nn.Module):
             self.metrics = {k: torch.as_tensor(v).detach().float() for k, v in metrics.items()}
         return loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio
 
+    @staticmethod
+    def help() -> None:
+        """Print every keyword argument with its default and valid values."""
+        print(arguments_help())
+
     def _topk(self, log_probs, extra) -> Optional[TopK]:
         unknown = sorted(set(extra) - set(TOPK_ARGUMENTS))
         if unknown:
@@ -120,3 +199,15 @@ class PolicyLoss(nn.Module):
             raise ValueError(f"rollout_topk_ids has shape {tuple(topk.ids.shape)} but log_probs has shape "
                              f"{tuple(log_probs.shape)}")
         return topk
+
+
+PolicyLoss.__doc__ += "\n" + "\n".join("    " + line for line in arguments_help().splitlines()) + "\n"
+
+
+def _check_names(method_kwargs: Dict[str, Any]) -> None:
+    known = [name for name, _, _ in policy_loss_arguments()]
+    for name in method_kwargs:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown PolicyLoss argument {name!r}; {hint}(PolicyLoss.help() lists every argument)")

@@ -71,14 +71,14 @@ def test_training_step_calls_our_loss_with_the_real_experience_and_logs_spec_met
                                                                                     monkeypatch):
     cli = MINIMAL_UPSTREAM_ARGV + ["--policy_loss_type", "sapo", "--enable_vllm_is_correction",
                                    "--vllm_is_correction_type", "trm", "--trm_max_delta", "0.02",
-                                   "--actor.eps_clip_low_high", "0.2", "0.28", "--algo.kl.use_loss",
+                                   "--algo.kl.use_loss",
                                    "--algo.kl.estimator", "k3"]
     try:
         trainer, actor, config = build_trainer(cli, tiny_model_dir, monkeypatch)
         loss_fn = trainer.actor_loss_fn
         assert isinstance(loss_fn, PolicyLoss)
         assert loss_fn.config.policy_loss_type == "sapo" and loss_fn.config.correction == "trm"
-        assert loss_fn.config.trm_max_delta == 0.02 and loss_fn.config.clip_eps_high == 0.28
+        assert loss_fn.config.trm_max_delta == 0.02 and loss_fn.config.clip_eps_high == 0.2
 
         calls = []
         original_forward = type(loss_fn).forward

@@ -360,3 +360,36 @@ def test_any_input_gives_a_finite_loss_and_metrics_in_range(seed, combo, scale, 
 def test_correction_choices_cover_every_visible_registered_correction():
     assert set(ALL_CORRECTIONS) <= set(correction_choices())
     assert len(list(itertools.chain(COMBINATIONS))) > 40
+
+
+def test_the_constructor_signature_matches_resolve_config():
+    import inspect
+
+    from openrlhf_offpolicy.corrections import resolve_config
+
+    ours = inspect.signature(PolicyLoss).parameters
+    theirs = inspect.signature(resolve_config).parameters
+    for name, param in theirs.items():
+        if param.kind is param.KEYWORD_ONLY:
+            assert name in ours, name
+            default = ours[name].default
+            assert default == param.default or list(default) == list(param.default), name
+
+
+def test_help_lists_every_argument_with_its_valid_values(capsys):
+    from openrlhf_offpolicy.corrections import POLICY_LOSSES, correction_choices, method_params
+
+    PolicyLoss.help()
+    text = capsys.readouterr().out
+    for name in ("clip_eps_low", "is_correction_gating", "vllm_is_truncated_threshold", *method_params()):
+        assert f"\n  {name} = " in text, name
+    assert ", ".join(POLICY_LOSSES.names()) in text and ", ".join(correction_choices()) in text
+    assert "one of off, token, seq" in text and "sech2, gaussian" in text
+    assert "trm_divergence" in PolicyLoss.__doc__
+
+
+def test_a_misspelled_argument_gets_a_did_you_mean():
+    with pytest.raises(ValueError, match=r"unknown PolicyLoss argument 'clip_eps_hgih'; did you mean 'clip_eps_high'\?"):
+        PolicyLoss(clip_eps_hgih=0.28)
+    with pytest.raises(ValueError, match=r"did you mean 'sapo_tau_pos'\?"):
+        PolicyLoss(policy_loss_type="sapo", sapo_tau_po=2.0)
