@@ -4,24 +4,57 @@ A policy loss maps a ``PolicyBatch`` to a per-token loss (with gradient) before 
 coefficient and aggregation. Registered functions share one signature,
 ``fn(batch: PolicyBatch, cfg) -> Surrogate``.
 
-Registration meta:
+Every fact about a loss is a field of its ``PolicyLossEntry`` (see there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from .registry import Entry, Registry
+from .stats import masked_mean
+
+
+@dataclass(frozen=True)
+class PolicyLossEntry(Entry):
+    """A registered policy loss.
+
     sequence_level      the loss is a per-sequence quantity: aggregation is forced to
                         seq-mean-token-mean (``token_level_loss=False``), as upstream does for gspo.
     accepts_correction  False when the loss anchors on mu itself and a vllm_is correction would
                         apply the mismatch twice (dppo).
     anchors_on_rollout  with a correction enabled the loss measures its ratio against pi_roll and
                         applies no coefficient (upstream's gspo semantics).
-"""
+    reads_rollout       the loss reads pi_roll whenever it is given (falls back to pi_old), so the
+                        integration requests rollout log-probs from vLLM (dppo).
+    validate            ``validate(config)`` raises ValueError on a bad combination of its parameters.
+    divergence_param    the method parameter that names the divergence the loss reads, if any.
+    metrics             the names of the diagnostics it adds to ``PolicyLoss.metrics``.
+    preset              the preset with the paper's values (``configs/*.yaml``).
+    script              the example launch script (``examples/scripts/``) that runs the preset.
+    formula             per-token loss, gradient_weight: its weight on ``A grad log pi_theta``
+                        (both for the README table).
+    """
 
-from __future__ import annotations
+    validate: Optional[Callable] = None
+    sequence_level: bool = False
+    accepts_correction: bool = True
+    anchors_on_rollout: bool = False
+    reads_rollout: bool = False
+    divergence_param: Optional[str] = None
+    metrics: Tuple[str, ...] = ()
+    preset: str = ""
+    script: str = "train_preset.sh"
+    formula: str = ""
+    gradient_weight: str = ""
 
-import torch
 
-from .registry import Registry
-from .stats import masked_mean
-
+_FAMILIES = ("ppo", "sapo", "cispo", "dppo", "is_reshape")
 POLICY_LOSSES = Registry(
-    "policy loss", defaults={"sequence_level": False, "accepts_correction": True, "anchors_on_rollout": False}
+    "policy loss", entry_type=PolicyLossEntry, load=tuple(f"{__package__}.{m}" for m in _FAMILIES)
 )
 
 
