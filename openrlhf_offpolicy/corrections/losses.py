@@ -52,7 +52,7 @@ class PolicyLossEntry(Entry):
     gradient_weight: str = ""
 
 
-_FAMILIES = ("ppo", "sapo", "cispo", "dppo", "is_reshape")
+_FAMILIES = ("ppo", "sapo", "cispo", "dppo", "is_reshape", "gmpo", "vespo", "luspo", "cov", "expert_iteration")
 POLICY_LOSSES = Registry(
     "policy loss", entry_type=PolicyLossEntry, load=tuple(f"{__package__}.{m}" for m in _FAMILIES)
 )
