@@ -60,6 +60,7 @@ def _check_clip_cov(cfg) -> None:
 @POLICY_LOSSES.register(
     "clip_cov",
     validate=_check_clip_cov,
+    split_invariant=False,
     source="Clip-Cov: Cui et al., 'The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models', "
     "arXiv 2505.22617",
     metrics=("clip_cov/selected_frac",),
@@ -94,6 +95,7 @@ def clip_cov_loss(batch: PolicyBatch, cfg) -> Surrogate:
 
 @POLICY_LOSSES.register(
     "kl_cov",
+    split_invariant=False,
     source="KL-Cov: Cui et al., 'The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models', "
     "arXiv 2505.22617",
     metrics=("kl_cov/selected_frac",),

@@ -31,6 +31,9 @@ class PolicyLossEntry(Entry):
     reads_rollout       the loss reads pi_roll whenever it is given (falls back to pi_old), so the
                         integration requests rollout log-probs from vLLM (dppo).
     validate            ``validate(config)`` raises ValueError on a bad combination of its parameters.
+    split_invariant     False when the loss reads statistics of the whole loss call (a mean, a
+                        top-k), so that micro-batches with global normalisers do not add up to
+                        the full batch (clip_cov, kl_cov: as in verl).
     divergence_param    the method parameter that names the divergence the loss reads, if any.
     metrics             the names of the diagnostics it adds to ``PolicyLoss.metrics``.
     preset              the preset with the paper's values (``configs/*.yaml``).
@@ -44,6 +47,7 @@ class PolicyLossEntry(Entry):
     accepts_correction: bool = True
     anchors_on_rollout: bool = False
     reads_rollout: bool = False
+    split_invariant: bool = True
     divergence_param: Optional[str] = None
     metrics: Tuple[str, ...] = ()
     preset: str = ""
