@@ -40,6 +40,7 @@ def dppo_mask(advantages, ratio, divergence, delta):
     source="DPPO: 'Rethinking the Trust Region in LLM RL', arXiv 2602.04879",
     metrics=("dppo/masked_frac",),
     preset="configs/dppo.yaml",
+    variants=("configs/dppo_kl.yaml", "configs/dppo_topk.yaml"),
     script="train_dppo.sh",
     formula="`-sg(min(r_mu, C)) M_t A log pi_theta`, `r_mu = pi_theta / pi_roll`",
     gradient_weight="`M_t min(r_mu, C)`",

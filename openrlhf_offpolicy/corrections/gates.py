@@ -33,7 +33,7 @@ class CorrectionEntry(Entry):
     validate          ``validate(config)`` raises ValueError on a bad combination of its parameters.
     divergence_param  the method parameter that names the divergence it reads, if any.
     metrics           the names of the diagnostics it adds beyond the common ``is/*`` ones.
-    preset, script    its preset (``configs/*.yaml``) and example launch script.
+    preset, script    its preset (``configs/*.yaml``) and example launch script; variants: other presets.
     statistic, action, coefficient  what it gates, what it does and ``c_t`` on kept tokens (README).
     """
 
@@ -44,6 +44,7 @@ class CorrectionEntry(Entry):
     divergence_param: Optional[str] = None
     metrics: Tuple[str, ...] = ()
     preset: str = ""
+    variants: Tuple[str, ...] = ()
     script: str = "train_preset.sh"
     statistic: str = ""
     action: str = ""

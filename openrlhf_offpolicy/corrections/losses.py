@@ -36,7 +36,8 @@ class PolicyLossEntry(Entry):
                         the full batch (clip_cov, kl_cov: as in verl).
     divergence_param    the method parameter that names the divergence the loss reads, if any.
     metrics             the names of the diagnostics it adds to ``PolicyLoss.metrics``.
-    preset              the preset with the paper's values (``configs/*.yaml``).
+    preset              the preset with the paper's values (``configs/*.yaml``); variants: other presets.
+    upstream_flags      upstream flags that set its parameters (README table).
     script              the example launch script (``examples/scripts/``) that runs the preset.
     formula             per-token loss, gradient_weight: its weight on ``A grad log pi_theta``
                         (both for the README table).
@@ -51,9 +52,11 @@ class PolicyLossEntry(Entry):
     divergence_param: Optional[str] = None
     metrics: Tuple[str, ...] = ()
     preset: str = ""
+    variants: Tuple[str, ...] = ()
     script: str = "train_preset.sh"
     formula: str = ""
     gradient_weight: str = ""
+    upstream_flags: Tuple[str, ...] = ()
 
 
 _FAMILIES = ("ppo", "sapo", "cispo", "dppo", "is_reshape", "gmpo", "vespo", "luspo", "cov", "expert_iteration")

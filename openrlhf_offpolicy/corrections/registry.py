@@ -59,6 +59,7 @@ class Param:
     choices: Optional[Callable[[], Iterable[str]]] = None
     check: Optional[Callable[[Any], Optional[str]]] = None
     optional: bool = False  # None is an accepted value
+    metavar: Optional[Tuple[str, ...]] = None  # names of a pair's values (README, --help)
 
     def validate(self, value: Any) -> Any:
         """Return ``value`` normalised (pairs become tuples), or raise ValueError."""

@@ -66,6 +66,7 @@ def _check_trm(cfg) -> None:
     metrics=("trm/accept_rate",),
     source=TRM_SOURCE,
     preset="configs/trm.yaml",
+    variants=("configs/trm_avg.yaml", "configs/trm_combined.yaml", "configs/trm_topk.yaml"),
     script="train_trm.sh",
     statistic="`max_t D_t` (and `mean_t D_t`)",
     action="drop sequence above `--trm_max_delta` / `--trm_avg_delta`",

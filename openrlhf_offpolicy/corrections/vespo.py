@@ -47,10 +47,11 @@ def vespo_weight(log_w: torch.Tensor, k: torch.Tensor, lam: torch.Tensor) -> tor
     formula="`-sg(phi(w)) A log pi_theta`, `phi(w) = w^k exp(lambda (1 - w))`, `w = pi_theta(y)/pi_old(y)`",
     gradient_weight="`phi(w)`",
     params=(
-        Param("vespo_k", (2.0, 3.0), "VESPO exponents (k+, k-) for A >= 0 and A < 0", nargs=2, check=positive_pair),
+        Param("vespo_k", (2.0, 3.0), "VESPO exponents (k+, k-) for A >= 0 and A < 0", nargs=2, check=positive_pair,
+              metavar=("POS", "NEG")),
         Param(
             "vespo_lambda", (3.0, 2.0), "VESPO rates (lambda+, lambda-) for A >= 0 and A < 0", nargs=2,
-            check=positive_pair,
+            check=positive_pair, metavar=("POS", "NEG"),
         ),
     ),
 )
