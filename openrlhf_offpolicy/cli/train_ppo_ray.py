@@ -1,10 +1,10 @@
 """``python -m openrlhf_offpolicy.cli.train_ppo_ray``: upstream's ``train_ppo_ray`` plus our flags.
 
 Every upstream OpenRLHF 0.11.2 flag is accepted unchanged and parsed by upstream's own parser; this
-module adds (SPEC §4):
+module adds (see the README, "Our flags"):
     --enable_vllm_is_correction, --vllm_is_truncated_threshold LOW HIGH, --vllm_is_correction_type,
     --policy_loss_type, one --<name> per method parameter, --vllm_logprobs_topk K, --config FILE.yaml,
-    --dry_run, --no_mismatch_metrics.
+    --dry_run, --no_mismatch_metrics, --uniform_scale (with --algo.advantage.estimator reinforce_max).
 Our flags are validated before anything heavy is imported, so a bad value or a contradiction
 exits with status 2 and a one-line reason within a second or two, long before Ray starts.
 """
@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence
 
 import yaml
 
 from ..corrections import POLICY_LOSSES, correction_choices, method_params
+from ..integration.advantages import translate_estimator
 from ..integration.settings import OffPolicySettings
 from ..integration.upstream_args import given_flags, peek_upstream_args
 
@@ -55,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_mismatch_metrics", action="store_true",
                         help="request rollout log-probs from vLLM only when a method needs them "
                         "(mismatch/* metrics are then missing from runs without a correction)")
+    parser.add_argument("--uniform_scale", action="store_true",
+                        help="with --algo.advantage.estimator reinforce_max: a prompt group whose rewards are all "
+                        "equal gets r/n instead of 0")
     group = parser.add_argument_group("method parameters")
     for p in method_params().values():
         # SUPPRESS: a flag that is not given leaves no attribute, so "given" is distinguishable from
@@ -154,7 +159,8 @@ def parse(argv: Sequence[str]):
     """(our namespace, settings, upstream argv) after the fast checks; UsageError/ValueError."""
     tokens = expand_config(argv)
     ours, upstream_argv = build_parser().parse_known_args(tokens)
-    settings = settings_from(ours)
+    upstream_argv, estimator = translate_estimator(upstream_argv)  # reinforce_max: upstream runs rloo
+    settings = replace(settings_from(ours), advantage_estimator=estimator, uniform_scale=ours.uniform_scale)
     settings.check(peek_upstream_args(upstream_argv), given_flags(upstream_argv))
     return ours, settings, upstream_argv
 
