@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from ..presets import registered_presets
 from .engines import Mismatch, RolloutEngine, Trainer, supervised_warmup
 from .model import TinyConfig
 from .task import DigitTask
@@ -50,6 +51,8 @@ METHODS: Dict[str, dict] = {
     "cispo": dict(policy_loss_type="cispo"),
     "dppo binary_tv": dict(policy_loss_type="dppo"),
 }
+# Every registered method's preset (the paper's values) is a choice too, derived from the registry.
+METHODS.update({f"preset:{name}": kwargs for name, kwargs in registered_presets().items()})
 DEFAULT_METHODS = [CONTROL, "no correction", "tis [0, 2]", "icepop [0.5, 5]", "seq-tis [0, 2]",
                    "geo-mask [0.9, 1.1]", "trm max k2 0.05"]
 
