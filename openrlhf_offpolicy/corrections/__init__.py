@@ -2,7 +2,8 @@
 
 Pure torch: nothing here imports OpenRLHF. Three registries hold every method; each imports the
 modules that register its methods the first time it is read (so the import order never matters),
-and lists them in the order of those modules:
+and lists them in the order of those modules (every other module of the package is imported too,
+so a new method needs only its own module):
 
     CORRECTIONS    mismatch corrections (``vllm_is_correction_type``), modules token_is,
                    sequence_is, prefix_is, trust_region

@@ -40,7 +40,9 @@ class DivergenceEntry(Entry):
 
 
 DIVERGENCES = Registry(
-    "divergence", entry_type=DivergenceEntry, load=(f"{__package__}.divergences", f"{__package__}.topk")
+    "divergence",
+    entry_type=DivergenceEntry,
+    load=(f"{__package__}.divergences", f"{__package__}.topk", f"{__package__}.*"),
 )
 
 # Probabilities are clamped away from 0 and 1 before the binary divergences so their logs stay

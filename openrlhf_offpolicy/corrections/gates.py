@@ -51,9 +51,12 @@ class CorrectionEntry(Entry):
     coefficient: str = ""
 
 
+# Listing order: these modules first, then every other module of the package (alphabetically).
 _FAMILIES = ("gates", "token_is", "sequence_is", "prefix_is", "trust_region")
 CORRECTIONS = Registry(
-    "correction", entry_type=CorrectionEntry, load=tuple(f"{__package__}.{m}" for m in _FAMILIES)
+    "correction",
+    entry_type=CorrectionEntry,
+    load=tuple(f"{__package__}.{m}" for m in _FAMILIES) + (f"{__package__}.*",),
 )
 
 NO_CORRECTION = "none"

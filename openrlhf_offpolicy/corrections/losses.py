@@ -59,9 +59,12 @@ class PolicyLossEntry(Entry):
     upstream_flags: Tuple[str, ...] = ()
 
 
-_FAMILIES = ("ppo", "sapo", "cispo", "dppo", "is_reshape", "gmpo", "vespo", "luspo", "cov", "expert_iteration")
+# Listing order: these modules first, then every other module of the package (alphabetically).
+_FAMILIES = ("ppo", "sapo", "cispo", "dppo", "is_reshape")
 POLICY_LOSSES = Registry(
-    "policy loss", entry_type=PolicyLossEntry, load=tuple(f"{__package__}.{m}" for m in _FAMILIES)
+    "policy loss",
+    entry_type=PolicyLossEntry,
+    load=tuple(f"{__package__}.{m}" for m in _FAMILIES) + (f"{__package__}.*",),
 )
 
 

@@ -11,7 +11,9 @@ misspelt registration keyword is a ``TypeError`` at import time, not a silently 
 
 Registration does not depend on import order: a registry created with ``load=`` imports the
 modules that register its methods the first time it is read, and lists methods in the order of
-those modules (then in registration order), whatever was imported first.
+those modules (then in registration order), whatever was imported first. ``"package.*"`` in
+``load`` stands for every module of the package, so a new method is one new module: modules not
+named explicitly come after the named ones, in alphabetical order.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import pkgutil
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type
@@ -180,11 +183,17 @@ class Registry:
         if not self._loaded:
             self._loaded = True
             for module in self._load:
-                importlib.import_module(module)
+                if module.endswith(".*"):
+                    package = importlib.import_module(module[:-2])
+                    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+                        importlib.import_module(f"{package.__name__}.{info.name}")
+                else:
+                    importlib.import_module(module)
 
-    def _order(self, entry: Entry) -> int:
+    def _order(self, entry: Entry):
         module = getattr(entry.fn, "__module__", "")
-        return self._load.index(module) if module in self._load else len(self._load)
+        named = [m for m in self._load if not m.endswith(".*")]
+        return (named.index(module), "") if module in named else (len(named), module)
 
     def canonical(self, name: str) -> str:
         """The registered name for ``name`` or one of its aliases; ValueError if unknown."""
