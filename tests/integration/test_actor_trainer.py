@@ -14,6 +14,8 @@ replay buffer only records it as its target device); vLLM engines are absent (``
 so the rollout log-probs are the recomputed ones plus noise.
 """
 
+import os
+
 import torch
 from helpers import MINIMAL_UPSTREAM_ARGV, CPUStrategy
 
@@ -124,3 +126,6 @@ def test_without_our_flags_the_trainer_builds_our_loss_with_upstream_semantics(g
     finally:
         patches.undo()
     assert "is/ess" in status["metrics"] and "vllm_kl" in status["metrics"]
+    # The settings travel in Ray's runtime env and on args, never in this process's environment (a leak
+    # would make every later process of the session patch itself).
+    assert ENV_VAR not in os.environ, "run() leaked the settings into os.environ"
