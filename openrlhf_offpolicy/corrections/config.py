@@ -69,6 +69,13 @@ class MethodParamsBase(Mapping):
     def __len__(self) -> int:
         return len(self.__dataclass_fields__)
 
+    def __reduce__(self):  # the class is built at run time: pickle by value
+        return (_rebuild_method_params, (dict(self),))
+
+
+def _rebuild_method_params(values: Dict[str, Any]):
+    return method_params_type()(**values)
+
 
 @lru_cache(maxsize=None)
 def _method_params_type(names: Tuple[str, ...]) -> type:

@@ -113,3 +113,13 @@ def test_the_cli_refuses_the_same_values_with_exit_status_2(flag, value, capsys)
 
     status, err = dry_run(MINIMAL_UPSTREAM_ARGV + [flag, value], capsys)
     assert status == 2 and ("finite" in err or "float32" in err or "denormal" in err), err
+
+
+def test_a_resolved_config_survives_pickle_and_deepcopy():
+    import copy
+    import pickle
+
+    from openrlhf_offpolicy.corrections import resolve_config
+
+    cfg = resolve_config(policy_loss_type="vespo", vespo_k=(1.0, 2.0))
+    assert pickle.loads(pickle.dumps(cfg)) == cfg == copy.deepcopy(cfg)
