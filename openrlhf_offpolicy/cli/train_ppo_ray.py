@@ -1,10 +1,10 @@
 """``python -m openrlhf_offpolicy.cli.train_ppo_ray``: upstream's ``train_ppo_ray`` plus our flags.
 
 Every upstream OpenRLHF 0.11.2 flag is accepted unchanged and parsed by upstream's own parser; this
-module adds (SPEC §4):
+module adds (see the README, "Our flags"):
     --enable_vllm_is_correction, --vllm_is_truncated_threshold LOW HIGH, --vllm_is_correction_type,
     --policy_loss_type, one --<name> per method parameter, --vllm_logprobs_topk K, --config FILE.yaml,
-    --dry_run, --no_mismatch_metrics.
+    --dry_run, --no_mismatch_metrics, --uniform_scale (with --algo.advantage.estimator reinforce_max).
 The seed fork's OpenRLHF 0.9.x flat flags (``--pretrain``, ...) are translated to 0.11.2's, one
 stderr line each (``integration.legacy_flags``). Every flag, ours and upstream's, is validated
 before anything heavy is imported (``cli.checks``; upstream's parser is read from its source), so
@@ -19,6 +19,7 @@ import json
 import re
 import sys
 import warnings
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence
 
 import yaml
@@ -27,6 +28,7 @@ import yaml
 warnings.filterwarnings("ignore", message="The pynvml package is deprecated", category=FutureWarning)
 
 from ..corrections import POLICY_LOSSES, correction_choices, method_params  # noqa: E402
+from ..integration.advantages import translate_estimator  # noqa: E402
 from ..integration.settings import OffPolicySettings  # noqa: E402
 from ..integration.upstream_args import given_flags, peek_upstream_args  # noqa: E402
 from . import checks  # noqa: E402
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_mismatch_metrics", action="store_true",
                         help="request rollout log-probs from vLLM only when a method needs them "
                         "(mismatch/* metrics are then missing from runs without a correction)")
+    parser.add_argument("--uniform_scale", action="store_true",
+                        help="with --algo.advantage.estimator reinforce_max: a prompt group whose rewards are all "
+                        "equal gets r/n instead of 0")
     group = parser.add_argument_group("method parameters")
     for p in method_params().values():
         # SUPPRESS: a flag that is not given leaves no attribute, so "given" is distinguishable from
@@ -181,11 +186,12 @@ def parse(argv: Sequence[str]):
     full = checks.check_tokens(tokens, ours_parser, upstream)
     checks.check_inputs(full)
     ours, upstream_argv = ours_parser.parse_known_args(tokens)
+    upstream_argv, estimator = translate_estimator(upstream_argv)  # reinforce_max: upstream runs rloo
     checks.check_bands({
         "--vllm_is_truncated_threshold": ours.vllm_is_truncated_threshold,
         "--algo.advantage.is_correction_threshold": vars(full).get("algo.advantage.is_correction_threshold"),
     })
-    settings = settings_from(ours)
+    settings = replace(settings_from(ours), advantage_estimator=estimator, uniform_scale=ours.uniform_scale)
     upstream_given = given_flags(upstream_argv)
     config = settings.check(peek_upstream_args(upstream_argv), upstream_given)
     checks.check_selected(

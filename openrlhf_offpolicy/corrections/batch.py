@@ -17,7 +17,8 @@ from .stats import clamp_log_ratio
 
 @dataclass
 class TopK:
-    """The rollout's top-K log-probs and the current policy's log-probs at the same ids (SPEC §3.3).
+    """The rollout's top-K log-probs and the current policy's log-probs at the same ids
+    (README, "Top-K divergences").
 
     ids:               ``[B, T, K]`` token ids of TopK(mu) at every action token (-1: empty slot)
     rollout_log_probs: ``[B, T, K]`` log mu at those ids

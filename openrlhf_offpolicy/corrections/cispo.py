@@ -18,6 +18,11 @@ from .stats import in_band
 @POLICY_LOSSES.register(
     "cispo",
     source="CISPO: MiniMax, 'MiniMax-M1: Scaling Test-Time Compute Efficiently', arXiv 2506.13585",
+    metrics=("cispo/clipped_frac",),
+    preset="configs/cispo.yaml",
+    script="train_cispo.sh",
+    formula="`-sg(clamp(r, lo, hi)) A log pi_theta`",
+    gradient_weight="`clamp(r, lo, hi)`",
     params=(
         Param(
             "cispo_clip_range",
@@ -30,7 +35,7 @@ from .stats import in_band
 )
 def cispo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """loss_t = -sg(clamp(r_t, lo, hi)) A_t log pi_theta(y_t); gradient weight clamp(r_t, lo, hi)."""
-    lo, hi = cfg.cispo_clip_range
+    lo, hi = cfg.params.cispo_clip_range
     ratio = batch.log_ratio.detach().exp()
     clipped = ~in_band(ratio, lo, hi) & batch.on
     loss = -ratio.clamp(min=lo, max=hi) * batch.advantages * batch.log_probs

@@ -1,6 +1,6 @@
 """Resolve ``PolicyLoss`` keyword arguments into one validated ``OffPolicyConfig``.
 
-Three kinds of arguments are accepted (SPEC §3):
+Three kinds of arguments are accepted (see the README, "Using the loss directly"):
   * upstream OpenRLHF 0.11.2: clip_eps_low/high, dual_clip, token_level_loss, policy_loss_type and
     the ``is_correction_{level,mode,gating,threshold}`` gate;
   * seed-style (the 0.9.x fork API): ``enable_vllm_is_correction``,
@@ -14,13 +14,15 @@ function so a bad flag fails before Ray starts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping
+from dataclasses import dataclass, field, make_dataclass
+from functools import lru_cache
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 from .divergences import DIVERGENCES
 from .gates import CORRECTIONS, NO_CORRECTION
 from .losses import POLICY_LOSSES
-from .registry import Param
+from .registry import Param, float32_problem
 
 DEFAULT_THRESHOLD = (0.5, 5.0)
 
@@ -42,6 +44,8 @@ def method_params() -> Dict[str, Param]:
     for registry in (CORRECTIONS, POLICY_LOSSES, DIVERGENCES):
         for entry in registry:
             for p in entry.params:
+                if p.name in out and out[p.name] != p:
+                    raise ValueError(f"method parameter {p.name!r} is declared twice, differently")
                 out[p.name] = p
     return out
 
@@ -51,9 +55,55 @@ def correction_choices() -> list:
     return CORRECTIONS.names(with_aliases=True, hidden=False)
 
 
+class MethodParamsBase(Mapping):
+    """Read-only mapping view of a ``MethodParams`` dataclass (``dict(cfg.params)`` works)."""
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.__dataclass_fields__:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
+
+    def __reduce__(self):  # the class is built at run time: pickle by value
+        return (_rebuild_method_params, (dict(self),))
+
+
+def _rebuild_method_params(values: Dict[str, Any]):
+    return method_params_type()(**values)
+
+
+@lru_cache(maxsize=None)
+def _method_params_type(names: Tuple[str, ...]) -> type:
+    return make_dataclass("MethodParams", [(n, Any) for n in names], bases=(MethodParamsBase,), frozen=True)
+
+
+def method_params_type() -> type:
+    """The frozen dataclass with one field per registered method parameter."""
+    return _method_params_type(tuple(method_params()))
+
+
+def resolve_method_params(method_kwargs: Mapping[str, Any]):
+    """Validate the method parameters (defaults for those not given) into a ``MethodParams``."""
+    declared = method_params()
+    unknown = sorted(set(method_kwargs) - set(declared))
+    if unknown:
+        raise ValueError(f"unknown PolicyLoss argument(s) {unknown}; method parameters are {sorted(declared)}")
+    values = {name: p.validate(method_kwargs.get(name, p.default)) for name, p in declared.items()}
+    return method_params_type()(**values)
+
+
 @dataclass(frozen=True)
 class OffPolicyConfig:
-    """Everything a ``PolicyLoss`` needs, validated. Method parameters read as attributes."""
+    """Everything a ``PolicyLoss`` needs, validated.
+
+    Method parameters live in ``params``, a typed frozen dataclass (``cfg.params.sapo_tau_pos``,
+    also ``cfg.param("sapo_tau_pos")``); ``cfg.params.sapo_tau_pos`` still reads them for older callers.
+    """
 
     policy_loss_type: str = "ppo"
     correction: str = NO_CORRECTION
@@ -63,13 +113,27 @@ class OffPolicyConfig:
     dual_clip: Optional[float] = None
     token_level_loss: bool = True
     anchor_on_rollout: bool = False
-    params: Mapping[str, Any] = field(default_factory=dict)
+    params: Any = field(default_factory=lambda: resolve_method_params({}))
 
-    def __getattr__(self, name: str) -> Any:
+    def param(self, name: str) -> Any:
+        """The value of method parameter ``name`` (AttributeError if no method declares it)."""
         params = object.__getattribute__(self, "params")
-        if name in params:
-            return params[name]
-        raise AttributeError(f"OffPolicyConfig has no field or method parameter {name!r}")
+        if name not in params:
+            raise AttributeError(f"OffPolicyConfig has no field or method parameter {name!r}")
+        return params[name]
+
+    def __getattr__(self, name: str) -> Any:  # only reached for names that are not fields
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self.param(name)
+
+    @property
+    def loss_entry(self):
+        return POLICY_LOSSES.get(self.policy_loss_type)
+
+    @property
+    def correction_entry(self):
+        return CORRECTIONS.get(self.correction)
 
     @property
     def correction_enabled(self) -> bool:
@@ -79,33 +143,59 @@ class OffPolicyConfig:
     def divergences(self) -> Tuple[str, ...]:
         """Divergences the selected methods read (to check their data needs)."""
         names = []
-        if self.correction == "trm":
-            names.append(self.params["trm_divergence"])
-        if self.policy_loss_type == "dppo":
-            names.append(self.params["dppo_divergence"])
+        for entry in (self.correction_entry, self.loss_entry):
+            if entry.divergence_param is not None:
+                names.append(self.param(entry.divergence_param))
         return tuple(names)
 
     @property
     def needs_rollout_log_probs(self) -> bool:
+        """pi_roll is required: the loss raises without it."""
         return self.correction_enabled or self.anchor_on_rollout
+
+    @property
+    def reads_rollout_log_probs(self) -> bool:
+        """pi_roll is read when given (required, or used in place of pi_old like DPPO's mu)."""
+        return self.needs_rollout_log_probs or self.loss_entry.reads_rollout
 
     @property
     def needs_topk(self) -> bool:
         return any(DIVERGENCES.get(d).needs_topk for d in self.divergences)
 
+    @property
+    def metric_names(self) -> Tuple[str, ...]:
+        """The method-specific metrics the selected loss and correction log."""
+        return tuple(self.loss_entry.metrics) + (self.correction_entry.metrics if self.correction_enabled else ())
+
     def describe(self) -> Dict[str, Any]:
         """A flat, printable view (for ``--dry_run`` and run names)."""
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "params"}
-        out.update(self.params)
+        out.update(dict(self.params))
         return out
+
+
+def finite_float(value: Any, name: str) -> float:
+    """``float(value)`` if it is a finite, float32-representable, non-denormal number, else ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    problem = float32_problem(number)
+    if problem:
+        raise ValueError(f"{name}={value!r}: {problem}")
+    return number
 
 
 def _threshold(value: Optional[Sequence[float]], name: str) -> Tuple[float, float]:
     if value is None:
         return DEFAULT_THRESHOLD
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"{name} must be LOW HIGH (or a single HIGH), got {value!r}")
     try:
-        values = [float(v) for v in value]
-    except (TypeError, ValueError):
+        values = [finite_float(v, name) for v in value]
+    except TypeError:
         raise ValueError(f"{name} must be LOW HIGH (or a single HIGH), got {value!r}") from None
     if len(values) == 1:  # a single value is an upper bound only (upstream 0.11.2 CLI semantics)
         values.insert(0, 0.0)
@@ -146,13 +236,8 @@ def check_threshold(correction: str, threshold: Tuple[float, float]) -> None:
             )
 
 
-def resolve_config(
+def resolve_correction(
     *,
-    clip_eps_low: float = 0.2,
-    clip_eps_high: float = 0.2,
-    dual_clip: Optional[float] = None,
-    token_level_loss: bool = True,
-    policy_loss_type: str = "ppo",
     is_correction_level: str = "off",
     is_correction_mode: str = "mask",
     is_correction_gating: str = "ratio",
@@ -160,22 +245,8 @@ def resolve_config(
     enable_vllm_is_correction: bool = False,
     vllm_is_truncated_threshold: Optional[Sequence[float]] = DEFAULT_THRESHOLD,
     vllm_is_correction_type: str = "tis",
-    **method_kwargs: Any,
-) -> OffPolicyConfig:
-    """Validate every argument and return the resolved configuration (ValueError on bad input)."""
-    declared = method_params()
-    unknown = sorted(set(method_kwargs) - set(declared))
-    if unknown:
-        raise ValueError(f"unknown PolicyLoss argument(s) {unknown}; method parameters are {sorted(declared)}")
-    params = {name: p.validate(method_kwargs.get(name, p.default)) for name, p in declared.items()}
-
-    loss = POLICY_LOSSES.get(policy_loss_type)
-    if dual_clip is not None and not dual_clip > 1.0:
-        raise ValueError(f"dual_clip must be > 1.0, got {dual_clip}")
-    if not 0.0 <= clip_eps_low < 1.0 or not clip_eps_high >= 0.0:
-        raise ValueError(f"need 0 <= clip_eps_low < 1 and clip_eps_high >= 0, got {clip_eps_low}, {clip_eps_high}")
-
-    # The two correction APIs, each resolved to (registered name, threshold) or None.
+) -> Tuple[str, Tuple[float, float]]:
+    """The (registered correction, threshold) both correction APIs select; they must agree."""
     upstream = upstream_correction(is_correction_level, is_correction_mode, is_correction_gating)
     upstream_choice = None
     if upstream is not None:
@@ -197,39 +268,86 @@ def resolve_config(
             f"vllm_is_correction_type/vllm_is_truncated_threshold select {seed_choice[0]!r} {list(seed_choice[1])}"
         )
     correction, threshold = seed_choice or upstream_choice or (NO_CORRECTION, DEFAULT_THRESHOLD)
-    correction_entry = CORRECTIONS.get(correction)
     if correction != NO_CORRECTION:
         check_threshold(correction, threshold)
+    return correction, threshold
 
-    anchor_on_rollout = False
-    if correction != NO_CORRECTION:
-        if not loss.accepts_correction:
+
+def combine_loss_and_correction(loss, correction: str) -> Tuple[str, bool]:
+    """(correction, anchor_on_rollout) once the loss's own relation to pi_roll is taken into account."""
+    if correction == NO_CORRECTION:
+        return correction, False
+    if not loss.accepts_correction:
+        raise ValueError(
+            f"policy_loss_type={loss.name!r} already anchors its importance weight on the rollout policy mu; "
+            f"combining it with the vllm_is correction {correction!r} applies the mismatch twice. "
+            "Disable the correction."
+        )
+    if loss.anchors_on_rollout:
+        if not CORRECTIONS.get(correction).legacy:
             raise ValueError(
-                f"policy_loss_type={loss.name!r} already anchors its importance weight on the rollout policy mu; "
-                f"combining it with the vllm_is correction {correction!r} applies the mismatch twice. "
-                "Disable the correction."
+                f"policy_loss_type={loss.name!r} (upstream semantics) measures its sequence ratio against "
+                f"pi_roll and applies no coefficient, so {correction!r} would be ignored; "
+                "use policy_loss_type='gspo_token' to combine a sequence-level ratio with this correction"
             )
-        if loss.anchors_on_rollout:
-            if not correction_entry.legacy:
-                raise ValueError(
-                    f"policy_loss_type={loss.name!r} (upstream semantics) measures its sequence ratio against "
-                    f"pi_roll and applies no correction coefficient, so {correction!r} would be ignored; "
-                    "use policy_loss_type='gspo_token' to combine a sequence-level ratio with this correction"
-                )
-            anchor_on_rollout, correction = True, NO_CORRECTION
+        return NO_CORRECTION, True
+    return correction, False
 
+
+def check_clip(clip_eps_low: float, clip_eps_high: float, dual_clip: Optional[float]) -> Tuple[float, float, Optional[float]]:
+    clip_eps_low = finite_float(clip_eps_low, "clip_eps_low")
+    clip_eps_high = finite_float(clip_eps_high, "clip_eps_high")
+    if dual_clip is not None:
+        dual_clip = finite_float(dual_clip, "dual_clip")
+        if not dual_clip > 1.0:
+            raise ValueError(f"dual_clip must be > 1.0, got {dual_clip}")
+    if not 0.0 <= clip_eps_low < 1.0 or not clip_eps_high >= 0.0:
+        raise ValueError(f"need 0 <= clip_eps_low < 1 and clip_eps_high >= 0, got {clip_eps_low}, {clip_eps_high}")
+    return clip_eps_low, clip_eps_high, dual_clip
+
+
+def resolve_config(
+    *,
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float = 0.2,
+    dual_clip: Optional[float] = None,
+    token_level_loss: bool = True,
+    policy_loss_type: str = "ppo",
+    is_correction_level: str = "off",
+    is_correction_mode: str = "mask",
+    is_correction_gating: str = "ratio",
+    is_correction_threshold: Optional[Sequence[float]] = DEFAULT_THRESHOLD,
+    enable_vllm_is_correction: bool = False,
+    vllm_is_truncated_threshold: Optional[Sequence[float]] = DEFAULT_THRESHOLD,
+    vllm_is_correction_type: str = "tis",
+    **method_kwargs: Any,
+) -> OffPolicyConfig:
+    """Validate every argument and return the resolved configuration (ValueError on bad input)."""
+    params = resolve_method_params(method_kwargs)
+    loss = POLICY_LOSSES.get(policy_loss_type)
+    clip_eps_low, clip_eps_high, dual_clip = check_clip(clip_eps_low, clip_eps_high, dual_clip)
+    correction, threshold = resolve_correction(
+        is_correction_level=is_correction_level,
+        is_correction_mode=is_correction_mode,
+        is_correction_gating=is_correction_gating,
+        is_correction_threshold=is_correction_threshold,
+        enable_vllm_is_correction=enable_vllm_is_correction,
+        vllm_is_truncated_threshold=vllm_is_truncated_threshold,
+        vllm_is_correction_type=vllm_is_correction_type,
+    )
+    correction, anchor_on_rollout = combine_loss_and_correction(loss, correction)
     config = OffPolicyConfig(
         policy_loss_type=loss.name,
         correction=correction,
         threshold=threshold,
-        clip_eps_low=float(clip_eps_low),
-        clip_eps_high=float(clip_eps_high),
-        dual_clip=None if dual_clip is None else float(dual_clip),
+        clip_eps_low=clip_eps_low,
+        clip_eps_high=clip_eps_high,
+        dual_clip=dual_clip,
         token_level_loss=bool(token_level_loss) and not loss.sequence_level,
         anchor_on_rollout=anchor_on_rollout,
         params=params,
     )
-    validate = CORRECTIONS.get(config.correction).meta.get("validate")
-    if validate is not None:
-        validate(config)
+    for entry in (config.correction_entry, config.loss_entry):
+        if getattr(entry, "validate", None) is not None:
+            entry.validate(config)
     return config

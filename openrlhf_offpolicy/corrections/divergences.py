@@ -19,15 +19,30 @@ i.e. TV and KL after collapsing the vocabulary to {a_t, everything else}. The to
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-from .registry import Registry
+from .registry import Entry, Registry
 from .stats import clamp_log_ratio
+
+@dataclass(frozen=True)
+class DivergenceEntry(Entry):
+    """A registered per-token divergence: whether it is a one-sample estimator, whether it needs the
+    rollout's top-K, which methods may read it and DPPO's default threshold for it."""
+
+    sample_based: bool = False
+    needs_topk: bool = False
+    for_trm: bool = False
+    for_dppo: bool = False
+    dppo_delta: Optional[float] = None
+
 
 DIVERGENCES = Registry(
     "divergence",
-    defaults={"sample_based": False, "needs_topk": False, "for_trm": False, "for_dppo": False, "dppo_delta": None},
+    entry_type=DivergenceEntry,
+    load=(f"{__package__}.divergences", f"{__package__}.topk", f"{__package__}.*"),
 )
 
 # Probabilities are clamped away from 0 and 1 before the binary divergences so their logs stay

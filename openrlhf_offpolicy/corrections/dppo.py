@@ -23,7 +23,7 @@ from .stats import safe_exp
 
 def dppo_delta(cfg) -> float:
     """The configured delta, or the default of the chosen divergence."""
-    return cfg.dppo_delta if cfg.dppo_delta is not None else DIVERGENCES.get(cfg.dppo_divergence).dppo_delta
+    return cfg.params.dppo_delta if cfg.params.dppo_delta is not None else DIVERGENCES.get(cfg.params.dppo_divergence).dppo_delta
 
 
 def dppo_mask(advantages, ratio, divergence, delta):
@@ -35,7 +35,15 @@ def dppo_mask(advantages, ratio, divergence, delta):
 @POLICY_LOSSES.register(
     "dppo",
     accepts_correction=False,
+    reads_rollout=True,
+    divergence_param="dppo_divergence",
     source="DPPO: 'Rethinking the Trust Region in LLM RL', arXiv 2602.04879",
+    metrics=("dppo/masked_frac",),
+    preset="configs/dppo.yaml",
+    variants=("configs/dppo_kl.yaml", "configs/dppo_topk.yaml"),
+    script="train_dppo.sh",
+    formula="`-sg(min(r_mu, C)) M_t A log pi_theta`, `r_mu = pi_theta / pi_roll`",
+    gradient_weight="`M_t min(r_mu, C)`",
     params=(
         Param(
             "dppo_divergence",
@@ -60,9 +68,9 @@ def dppo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     log_mu = batch.behaviour_log_probs
     log_pi = batch.log_probs.detach()
     ratio = safe_exp(log_pi - log_mu)
-    divergence = DIVERGENCES.get(cfg.dppo_divergence).fn(log_mu, log_pi, batch.topk)
+    divergence = DIVERGENCES.get(cfg.params.dppo_divergence).fn(log_mu, log_pi, batch.topk)
     keep = dppo_mask(batch.advantages, ratio, divergence, dppo_delta(cfg))
-    weight = ratio.clamp(max=cfg.dppo_ratio_cap) * keep
+    weight = ratio.clamp(max=cfg.params.dppo_ratio_cap) * keep
     loss = -weight * batch.advantages * batch.log_probs
     masked = ~keep & batch.on
     return Surrogate(loss=loss, clipped=masked, metrics={"dppo/masked_frac": token_mean(masked, batch)})

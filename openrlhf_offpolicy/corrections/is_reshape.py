@@ -1,4 +1,5 @@
-"""IS-Reshape: bell-shaped gradient weights from localisation kernels (seeds/003, v6.0).
+"""IS-Reshape: bell-shaped gradient weights from localisation kernels ('IS Reshape: from
+f-divergence to localisation kernels', v6.0, the seed fork's note).
 
 For a kernel K with K(0) = 1 and its antiderivative F_K(r) = int_1^r K(t - 1) dt, the loss
     loss_t = -A_t [(1 - g) log r_t + g F_K(r_t)],   r_t = pi_theta / pi_old,  g detached,
@@ -73,7 +74,12 @@ def advantage_gamma(advantages, log_ratio, g0: float, temp: float):
 
 @POLICY_LOSSES.register(
     "is_reshape",
-    source="IS-Reshape (seeds/003: 'IS Reshape: from f-divergence to localisation kernels', v6.0)",
+    source="IS-Reshape: 'IS Reshape: from f-divergence to localisation kernels', v6.0 (the seed fork's note)",
+    metrics=("is_reshape/weight_mean",),
+    preset="configs/is_reshape.yaml",
+    script="train_soft_gate.sh",
+    formula="`-A [(1-g) log r + g F_K(r)]`",
+    gradient_weight="`(1-g) + g r K(r-1)`",
     params=(
         Param("is_reshape_kernel", "sech2", "IS-Reshape kernel", type=str, choices=KERNELS.names),
         Param("is_reshape_width", 1.0, "IS-Reshape kernel width w", check=positive),
@@ -88,9 +94,9 @@ def is_reshape_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """loss_t = -A_t [(1 - g) log r_t + g F_K(r_t)]; gradient weight (1 - g) + g r_t K(r_t - 1)."""
     log_ratio = batch.log_ratio
     ratio = log_ratio.exp()
-    kernel, integral = KERNELS.get(cfg.is_reshape_kernel).fn(ratio - 1, cfg.is_reshape_width)
-    gamma_fn = GAMMA_MODES.get(cfg.is_reshape_gamma_mode).fn
-    g = gamma_fn(batch.advantages, log_ratio.detach(), cfg.is_reshape_gamma, cfg.is_reshape_temp).detach()
+    kernel, integral = KERNELS.get(cfg.params.is_reshape_kernel).fn(ratio - 1, cfg.params.is_reshape_width)
+    gamma_fn = GAMMA_MODES.get(cfg.params.is_reshape_gamma_mode).fn
+    g = gamma_fn(batch.advantages, log_ratio.detach(), cfg.params.is_reshape_gamma, cfg.params.is_reshape_temp).detach()
     loss = -batch.advantages * ((1 - g) * log_ratio + g * integral)
     weight = (1 - g) + g * ratio.detach() * kernel.detach()
     return Surrogate(

@@ -31,7 +31,16 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, cfg) -> Sur
     return Surrogate(loss=loss, clipped=surr2 < surr1)
 
 
-@POLICY_LOSSES.register("ppo", ppo_clip=True, source="PPO arXiv 1707.06347; clip-higher arXiv 2503.14476; dual-clip arXiv 1912.09729")
+@POLICY_LOSSES.register(
+    "ppo",
+    ppo_clip=True,
+    source="PPO arXiv 1707.06347; clip-higher arXiv 2503.14476; dual-clip arXiv 1912.09729",
+    preset="configs/baseline.yaml",
+    script="train_baseline.sh",
+    upstream_flags=("--actor.eps_clip_low_high", "--actor.dual_clip"),
+    formula="`-min(r A, clip(r) A)`, clip-higher, dual-clip",
+    gradient_weight="`r` inside the clip",
+)
 def ppo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """Token PPO-clip of r_t = pi_theta / pi_old (clip-higher bounds, optional dual-clip)."""
     return clipped_surrogate(batch.log_ratio.exp(), batch.advantages, cfg)
@@ -43,7 +52,16 @@ def gspo_sequence_log_ratio(batch: PolicyBatch, anchor_log_probs: torch.Tensor) 
 
 
 @POLICY_LOSSES.register(
-    "gspo", sequence_level=True, anchors_on_rollout=True, ppo_clip=True, source="GSPO: Zheng et al., arXiv 2507.18071"
+    "gspo",
+    sequence_level=True,
+    anchors_on_rollout=True,
+    ppo_clip=True,
+    source="GSPO: Zheng et al., arXiv 2507.18071",
+    preset="configs/gspo.yaml",
+    script="train_gspo.sh",
+    formula="sequence clip of `s_i = exp(mean_t log r)` (upstream semantics: anchored on `pi_roll` when a correction "
+    "is on)",
+    gradient_weight="`s_i`",
 )
 def gspo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """Sequence-level clip of s_i; with a correction enabled the anchor is pi_roll (upstream)."""
@@ -52,8 +70,16 @@ def gspo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     return clipped_surrogate(ratio, batch.advantages, cfg)
 
 
-@POLICY_LOSSES.register("gspo_token", sequence_level=True, ppo_clip=True,
-                        source="GSPO-token: Zheng et al., arXiv 2507.18071 §4.3")
+@POLICY_LOSSES.register(
+    "gspo_token",
+    sequence_level=True,
+    ppo_clip=True,
+    source="GSPO-token: Zheng et al., arXiv 2507.18071 §4.3",
+    preset="configs/gspo_token.yaml",
+    script="train_gspo.sh",
+    formula="token clip of `sg(s_i) pi_theta / sg(pi_theta)`; takes any correction",
+    gradient_weight="`s_i`",
+)
 def gspo_token_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """Token clip of s_it = sg(s_i) pi_theta / sg(pi_theta)."""
     seq_ratio = safe_exp(gspo_sequence_log_ratio(batch, batch.old_log_probs)).detach()

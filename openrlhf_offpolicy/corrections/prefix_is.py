@@ -23,6 +23,11 @@ def prefix_geo_log_ratio(batch: PolicyBatch) -> torch.Tensor:
 @CORRECTIONS.register(
     "reinforce_pro",
     aliases=("prefix-mask",),
+    preset="configs/reinforce_pro.yaml",
+    script="train_sequence_is.sh",
+    statistic="prefix `rho_pre_t`",
+    action="drop token outside band",
+    coefficient="`rho_t`",
     source="OpenRLHF 0.9.x fork 'reinforce_pro' (prefix-level causal filtering); "
     "Li, 'Trust Region Optimization via Sequence Masking', 2025",
 )

@@ -1,15 +1,48 @@
 """Name -> implementation registries with a decorator, in the style of verl's ``core_algos``.
 
 Every correction, policy loss, divergence and IS-Reshape kernel is registered exactly once, next
-to its implementation, together with the method parameters it reads (``Param``) and the paper
-it comes from. Adding a method touches one module: the registries, the ``PolicyLoss`` kwargs,
-the CLI flags and the README table are all derived from what is registered here.
+to its implementation, together with every fact about it: the method parameters it reads
+(``Param``), the log-probs it needs, its metrics, its preset and the paper it comes from. Config
+validation, the CLI flags, the README tables, the lab, the bench and the test tables are derived
+from these registrations.
+
+Entries are typed: each registry declares the dataclass of its entries (``entry_type``), so a
+misspelt registration keyword is a ``TypeError`` at import time, not a silently ignored flag.
+
+Registration does not depend on import order: a registry created with ``load=`` imports the
+modules that register its methods the first time it is read, and lists methods in the order of
+those modules (then in registration order), whatever was imported first. ``"package.*"`` in
+``load`` stands for every module of the package, so a new method is one new module: modules not
+named explicitly come after the named ones, in alphabetical order.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import math
+import pkgutil
+import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type
+
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32
+
+
+def float32_problem(value: float) -> Optional[str]:
+    """Why ``value`` cannot be a float32 method parameter (None if it can).
+
+    It must be finite, within float32's range and not denormal in float32, because every method
+    computes in float32 (a denormal threshold or a 1e39 width silently becomes 0 or inf there).
+    """
+    if math.isnan(value) or math.isinf(value):
+        return "must be finite"
+    if abs(value) > FLOAT32_MAX:
+        return f"must be representable in float32 (|value| <= {FLOAT32_MAX:.4g})"
+    if value != 0.0 and abs(struct.unpack("f", struct.pack("f", value))[0]) < FLOAT32_TINY:
+        return f"must not be denormal in float32 (|value| >= {FLOAT32_TINY:.4g} or 0)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -17,7 +50,8 @@ class Param:
     """A method parameter: ``PolicyLoss(**{name: value})`` and ``--name value`` on the CLI.
 
     ``check(value)`` returns an error message (str) when the value is out of range, else None.
-    ``nargs=2`` marks a pair such as a ``(low, high)`` range.
+    ``nargs=2`` marks a pair such as a ``(low, high)`` range. Float values must also be finite,
+    representable in float32 and not denormal (``float32_problem``).
     """
 
     name: str
@@ -28,6 +62,7 @@ class Param:
     choices: Optional[Callable[[], Iterable[str]]] = None
     check: Optional[Callable[[Any], Optional[str]]] = None
     optional: bool = False  # None is an accepted value
+    metavar: Optional[Tuple[str, ...]] = None  # names of a pair's values (README, --help)
 
     def validate(self, value: Any) -> Any:
         """Return ``value`` normalised (pairs become tuples), or raise ValueError."""
@@ -36,6 +71,8 @@ class Param:
                 return None
             raise ValueError(f"{self.name} must be set (got None)")
         if self.nargs is not None:
+            if isinstance(value, (str, bytes)):
+                raise ValueError(f"{self.name} must be {self.nargs} numbers, got {value!r}")
             try:
                 value = tuple(self.type(v) for v in value)
             except (TypeError, ValueError):
@@ -43,10 +80,17 @@ class Param:
             if len(value) != self.nargs:
                 raise ValueError(f"{self.name} must be {self.nargs} numbers, got {value!r}")
         else:
+            if self.type is float and isinstance(value, bool):
+                raise ValueError(f"{self.name} must be a float, got {value!r}")
             try:
                 value = self.type(value)
             except (TypeError, ValueError):
                 raise ValueError(f"{self.name} must be a {self.type.__name__}, got {value!r}") from None
+        if self.type is float:
+            for v in value if self.nargs is not None else (value,):
+                problem = float32_problem(v)
+                if problem:
+                    raise ValueError(f"{self.name}={value!r}: {problem}")
         if self.choices is not None:
             allowed = list(self.choices())
             if value not in allowed:
@@ -60,28 +104,49 @@ class Param:
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered method."""
+    """One registered method; registries extend it with their own typed fields."""
 
     name: str
     fn: Callable
     aliases: Tuple[str, ...] = ()
     params: Tuple[Param, ...] = ()
     source: str = ""
-    meta: Dict[str, Any] = field(default_factory=dict)
 
-    def __getattr__(self, key: str) -> Any:  # meta flags read like attributes: entry.needs_rollout
-        meta = object.__getattribute__(self, "meta")
-        if key in meta:
-            return meta[key]
-        raise AttributeError(key)
+    @property
+    def meta(self) -> Dict[str, Any]:
+        """The registry-specific fields as a dict (read-only view, for printing and filtering)."""
+        base = {f.name for f in dataclasses.fields(Entry)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in base}
+
+
+def entry_type_from_defaults(kind: str, defaults: Dict[str, Any]) -> Type[Entry]:
+    """A typed ``Entry`` subclass whose extra fields are ``defaults`` (name -> default value)."""
+    fields = [(key, type(value) if value is not None else Any, field(default=value)) for key, value in defaults.items()]
+    name = "".join(part.capitalize() for part in kind.replace("-", " ").split()) + "Entry"
+    return dataclasses.make_dataclass(name, fields, bases=(Entry,), frozen=True)
 
 
 class Registry:
-    """A named collection of methods of one kind ("correction", "policy loss", ...)."""
+    """A named collection of methods of one kind ("correction", "policy loss", ...).
 
-    def __init__(self, kind: str, defaults: Optional[Dict[str, Any]] = None) -> None:
+    ``entry_type`` is the dataclass of the entries (a subclass of ``Entry``); without it one is
+    built from ``defaults``. ``load`` names the modules whose import registers every method of
+    this kind; they are imported on the first read, so the registry is complete whichever module
+    was imported first.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        defaults: Optional[Dict[str, Any]] = None,
+        *,
+        entry_type: Optional[Type[Entry]] = None,
+        load: Sequence[str] = (),
+    ) -> None:
         self.kind = kind
-        self._defaults = dict(defaults or {})
+        self.entry_type = entry_type or entry_type_from_defaults(kind, dict(defaults or {}))
+        self._load = tuple(load)
+        self._loaded = not self._load
         self._entries: Dict[str, Entry] = {}
         self._aliases: Dict[str, str] = {}
 
@@ -95,22 +160,44 @@ class Registry:
         **meta: Any,
     ) -> Callable[[Callable], Callable]:
         """Decorator: ``@REGISTRY.register("name", source="arXiv ...", flag=True)``."""
+        known = {f.name for f in dataclasses.fields(self.entry_type)} - {"name", "fn", "aliases", "params", "source"}
+        unknown = sorted(set(meta) - known)
+        if unknown:
+            raise TypeError(f"{self.kind} {name!r}: unknown registration field(s) {unknown}; known: {sorted(known)}")
 
         def decorate(fn: Callable) -> Callable:
             aliases_t = tuple(aliases)
             for key in (name, *aliases_t):
                 if key in self._entries or key in self._aliases:
                     raise ValueError(f"{self.kind} {key!r} is registered twice")
-            entry_meta = {**self._defaults, **meta}
-            self._entries[name] = Entry(name, fn, aliases_t, tuple(params), source, entry_meta)
+            self._entries[name] = self.entry_type(
+                name=name, fn=fn, aliases=aliases_t, params=tuple(params), source=source, **meta
+            )
             for alias in aliases_t:
                 self._aliases[alias] = name
             return fn
 
         return decorate
 
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module in self._load:
+                if module.endswith(".*"):
+                    package = importlib.import_module(module[:-2])
+                    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+                        importlib.import_module(f"{package.__name__}.{info.name}")
+                else:
+                    importlib.import_module(module)
+
+    def _order(self, entry: Entry):
+        module = getattr(entry.fn, "__module__", "")
+        named = [m for m in self._load if not m.endswith(".*")]
+        return (named.index(module), "") if module in named else (len(named), module)
+
     def canonical(self, name: str) -> str:
         """The registered name for ``name`` or one of its aliases; ValueError if unknown."""
+        self._ensure_loaded()
         if name in self._entries:
             return name
         if name in self._aliases:
@@ -120,25 +207,25 @@ class Registry:
     def get(self, name: str) -> Entry:
         return self._entries[self.canonical(name)]
 
+    def entries(self) -> List[Entry]:
+        """Every entry, in the order of the ``load`` modules, then in registration order."""
+        self._ensure_loaded()
+        entries = list(self._entries.values())
+        return sorted(entries, key=self._order)  # stable: registration order within a module
+
     def names(self, with_aliases: bool = False, **meta_filter: Any) -> List[str]:
-        """Registered names (in registration order), optionally only those whose meta matches."""
-        out = [
-            n
-            for n, e in self._entries.items()
-            if all(e.meta.get(k) == v for k, v in meta_filter.items())
-        ]
+        """Registered names, optionally only those whose fields equal ``meta_filter``."""
+        out = [e.name for e in self.entries() if all(getattr(e, k) == v for k, v in meta_filter.items())]
         if with_aliases:
             out += [a for a, n in self._aliases.items() if n in out]
         return out
 
-    def entries(self) -> List[Entry]:
-        return list(self._entries.values())
-
     def __contains__(self, name: str) -> bool:
+        self._ensure_loaded()
         return name in self._entries or name in self._aliases
 
     def __iter__(self):
-        return iter(self._entries.values())
+        return iter(self.entries())
 
 
 def positive(value: float) -> Optional[str]:

@@ -30,6 +30,11 @@ def sapo_gate_weight(ratio: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
 @POLICY_LOSSES.register(
     "sapo",
     source="SAPO: Gao et al., 'Soft Adaptive Policy Optimization', arXiv 2511.20347",
+    metrics=("sapo/gate_mean",),
+    preset="configs/sapo.yaml",
+    script="train_soft_gate.sh",
+    formula="`-(4/tau) sigmoid(tau (r-1)) A`",
+    gradient_weight="`r sech^2(tau (r-1)/2)`",
     params=(
         Param("sapo_tau_pos", 1.0, "SAPO gate temperature for positive advantages", check=positive),
         Param("sapo_tau_neg", 1.05, "SAPO gate temperature for non-positive advantages", check=positive),
@@ -38,7 +43,7 @@ def sapo_gate_weight(ratio: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
 def sapo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """loss_t = -(4/tau) sigmoid(tau (r_t - 1)) A_t; gradient weight r_t sech^2(tau (r_t - 1) / 2)."""
     ratio = batch.log_ratio.exp()
-    tau = sapo_temperature(batch.advantages, cfg.sapo_tau_pos, cfg.sapo_tau_neg)
+    tau = sapo_temperature(batch.advantages, cfg.params.sapo_tau_pos, cfg.params.sapo_tau_neg)
     loss = -(4.0 / tau) * torch.sigmoid(tau * (ratio - 1)) * batch.advantages
     gate = sapo_gate_weight(ratio.detach(), tau)
     return Surrogate(loss=loss, clipped=no_clipping(batch), metrics={"sapo/gate_mean": token_mean(gate, batch)})

@@ -1,6 +1,6 @@
 """Sequence-level gates and weights on the mismatch ratio.
 
-Two sequence statistics (SPEC §1), over the action tokens of sequence y:
+Two sequence statistics, over the action tokens of sequence y:
     rho(y)     = exp(sum_t log rho_t)    extensive: drifts exponentially with length
     rho_geo(y) = exp(mean_t log rho_t)   intensive: length-invariant
 Gating on rho(y) (``seq-tis``, ``seq-mis``) rejects long sequences more often, a length bias;
@@ -32,21 +32,46 @@ def seq_log_ratio(batch: PolicyBatch) -> torch.Tensor:
     return seq_sum(batch.log_rho, batch.mask)
 
 
-@CORRECTIONS.register("seq-mask-tis", legacy=True, source="OpenRLHF 0.9.x 'seq-mask-tis'; " + MIS_SOURCE)
+@CORRECTIONS.register(
+    "seq-mask-tis",
+    legacy=True,
+    source="OpenRLHF 0.9.x 'seq-mask-tis'; Li, 'Trust Region Optimization via Sequence Masking', 2025",
+    preset="configs/seq_mask_tis.yaml",
+    script="train_sequence_is.sh",
+    statistic="`rho_geo(y)`",
+    action="drop sequence outside band",
+    coefficient="`rho_t`",
+)
 def seq_mask_token_is(batch: PolicyBatch, cfg) -> Correction:
     """Geo-Mask gate, token IS weight: drop y if rho_geo(y) is outside the band, else c_t = rho_t."""
     low, high = cfg.threshold
     return sequence_gate(batch, log_in_band(geo_mean_log_ratio(batch), low, high), token_ratio(batch))
 
 
-@CORRECTIONS.register("geo-mask", source="Geo-Mask: Li, 'Trust Region Optimization via Sequence Masking', 2025")
+@CORRECTIONS.register(
+    "geo-mask",
+    source="Geo-Mask: Li, 'Trust Region Optimization via Sequence Masking', 2025",
+    preset="configs/geo_mask.yaml",
+    script="train_sequence_is.sh",
+    statistic="`rho_geo(y)`",
+    action="drop sequence outside band",
+    coefficient="`1` (pure filter)",
+)
 def geo_mask(batch: PolicyBatch, cfg) -> Correction:
     """Geo-Mask, a pure filter: drop y if rho_geo(y) is outside the band, else c_t = 1."""
     low, high = cfg.threshold
     return sequence_gate(batch, log_in_band(geo_mean_log_ratio(batch), low, high), torch.ones_like(batch.mask))
 
 
-@CORRECTIONS.register("seq-tis", source="Seq-TIS: " + MIS_SOURCE)
+@CORRECTIONS.register(
+    "seq-tis",
+    source="Seq-TIS: " + MIS_SOURCE,
+    preset="configs/seq_tis.yaml",
+    script="train_sequence_is.sh",
+    statistic="`rho(y)`",
+    action="clamp to band",
+    coefficient="`clamp(rho(y))`",
+)
 def seq_truncated_is(batch: PolicyBatch, cfg) -> Correction:
     """Sequence TIS: c_t = clamp(rho(y), low, high) on every token of y; no sequence dropped."""
     low, high = cfg.threshold
@@ -57,7 +82,15 @@ def seq_truncated_is(batch: PolicyBatch, cfg) -> Correction:
     return Correction(coef=broadcast_seq(weight, batch.mask) * batch.mask, rejected=rejected, filtered=clamped_seq)
 
 
-@CORRECTIONS.register("seq-mis", source="Seq-MIS: " + MIS_SOURCE)
+@CORRECTIONS.register(
+    "seq-mis",
+    source="Seq-MIS: " + MIS_SOURCE,
+    preset="configs/seq_mis.yaml",
+    script="train_sequence_is.sh",
+    statistic="`rho(y)`",
+    action="drop sequence outside band",
+    coefficient="`rho(y)`",
+)
 def seq_masked_is(batch: PolicyBatch, cfg) -> Correction:
     """Sequence MIS: drop y if rho(y) is outside the band, else c_t = rho(y) on every token."""
     low, high = cfg.threshold

@@ -1,6 +1,6 @@
 """Masked reductions and numerically safe ratio helpers shared by every method.
 
-Conventions (SPEC §1): tensors are ``[B, T]`` over action positions, ``mask`` is a float 0/1
+Conventions: tensors are ``[B, T]`` over action positions, ``mask`` is a float 0/1
 tensor of the same shape, and every mean or sum runs over masked-in tokens only. Log-ratios are
 clamped to ``[-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP]`` before ``exp`` so no ratio overflows float32.
 """

@@ -13,6 +13,11 @@ from .stats import in_band
 @CORRECTIONS.register(
     "tis",
     legacy=True,
+    preset="configs/tis.yaml",
+    script="train_token_is.sh",
+    statistic="`rho_t`",
+    action="clamp to band",
+    coefficient="`clamp(rho_t)`",
     source="TIS: Yao et al., 'Your Efficient RL Framework Secretly Brings You Off-Policy RL Training', 2025",
 )
 def truncated_is(batch: PolicyBatch, cfg) -> Correction:
@@ -27,6 +32,11 @@ def truncated_is(batch: PolicyBatch, cfg) -> Correction:
 @CORRECTIONS.register(
     "icepop",
     legacy=True,
+    preset="configs/icepop.yaml",
+    script="train_token_is.sh",
+    statistic="`rho_t`",
+    action="drop token outside band",
+    coefficient="`rho_t`",
     source="IcePop: Ling Team, 'Every Step Evolves' (Ring-1T), arXiv 2510.18855",
 )
 def icepop(batch: PolicyBatch, cfg) -> Correction:

@@ -49,11 +49,11 @@ def trm_mean_divergence(name: str) -> str:
 
 
 def _check_trm(cfg) -> None:
-    if cfg.trm_max_delta is None and cfg.trm_avg_delta is None:
+    if cfg.params.trm_max_delta is None and cfg.params.trm_avg_delta is None:
         raise ValueError("trm needs trm_max_delta or trm_avg_delta (or both); both are None")
-    if DIVERGENCES.get(cfg.trm_divergence).needs_topk and cfg.trm_reference != "current":
+    if DIVERGENCES.get(cfg.params.trm_divergence).needs_topk and cfg.params.trm_reference != "current":
         raise ValueError(
-            f"trm_divergence={cfg.trm_divergence} compares pi_roll with the current policy, whose log-probs at the "
+            f"trm_divergence={cfg.params.trm_divergence} compares pi_roll with the current policy, whose log-probs at the "
             "rollout's top-K ids the training forward gathers; set trm_reference=current (the TRM paper's form)"
         )
 
@@ -62,7 +62,15 @@ def _check_trm(cfg) -> None:
     "trm",
     threshold=None,
     validate=_check_trm,
+    divergence_param="trm_divergence",
+    metrics=("trm/accept_rate",),
     source=TRM_SOURCE,
+    preset="configs/trm.yaml",
+    variants=("configs/trm_avg.yaml", "configs/trm_combined.yaml", "configs/trm_topk.yaml"),
+    script="train_trm.sh",
+    statistic="`max_t D_t` (and `mean_t D_t`)",
+    action="drop sequence above `--trm_max_delta` / `--trm_avg_delta`",
+    coefficient="`rho_t`",
     params=(
         Param("trm_max_delta", 0.05, "TRM: reject a sequence if max_t D_t exceeds this", check=positive, optional=True),
         Param(
@@ -86,19 +94,19 @@ def _check_trm(cfg) -> None:
 )
 def trust_region_mask(batch: PolicyBatch, cfg) -> Correction:
     """TRM: drop y unless max_t D_t <= max_delta and mean_t D'_t <= avg_delta; c_t = rho_t."""
-    log_ref = trm_reference_log_probs(batch, cfg.trm_reference)
+    log_ref = trm_reference_log_probs(batch, cfg.params.trm_reference)
     has_tokens = batch.mask.sum(dim=-1) > 0
     keep = torch.ones_like(has_tokens)
     metrics = {}
-    if cfg.trm_max_delta is not None:
+    if cfg.params.trm_max_delta is not None:
         # Divergences are >= 0 and 0 off the mask, so the plain row max is the max over the tokens.
-        divergence = token_divergence(batch, cfg.trm_divergence, log_ref)
+        divergence = token_divergence(batch, cfg.params.trm_divergence, log_ref)
         worst = divergence.amax(dim=-1) if divergence.shape[-1] else divergence.sum(dim=-1)
-        keep = keep & (worst <= cfg.trm_max_delta)
+        keep = keep & (worst <= cfg.params.trm_max_delta)
         metrics["trm/max_div"] = masked_mean(worst, has_tokens.float())
-    if cfg.trm_avg_delta is not None:
-        avg = seq_mean(token_divergence(batch, trm_mean_divergence(cfg.trm_divergence), log_ref), batch.mask)
-        keep = keep & (avg <= cfg.trm_avg_delta)
+    if cfg.params.trm_avg_delta is not None:
+        avg = seq_mean(token_divergence(batch, trm_mean_divergence(cfg.params.trm_divergence), log_ref), batch.mask)
+        keep = keep & (avg <= cfg.params.trm_avg_delta)
         metrics["trm/mean_div"] = masked_mean(avg, has_tokens.float())
     metrics["trm/accept_rate"] = masked_mean(keep.float(), has_tokens.float())
     out = sequence_gate(batch, keep, token_ratio(batch))
@@ -125,10 +133,23 @@ def _upstream_divergence_gate(name: str, per_sequence: bool):
 
 
 _UPSTREAM_GATE_SOURCE = "OpenRLHF 0.11.2 is_correction_gating (FlashREINFORCE trust region)"
+_STATISTIC = {"binary_tv": "sampled-token TV(pi_roll, pi_old)", "binary_kl": "sampled-token binary KL(pi_roll, pi_old)"}
 for _div, _label in (("binary_tv", "tv"), ("binary_kl", "binary-kl")):
-    CORRECTIONS.register(f"{_label}-mask", threshold="divergence", legacy=True, source=_UPSTREAM_GATE_SOURCE)(
-        _upstream_divergence_gate(_div, per_sequence=False)
-    )
-    CORRECTIONS.register(f"seq-{_label}-mask", threshold="divergence", legacy=True, source=_UPSTREAM_GATE_SOURCE)(
-        _upstream_divergence_gate(_div, per_sequence=True)
-    )
+    CORRECTIONS.register(
+        f"{_label}-mask",
+        threshold="divergence",
+        legacy=True,
+        source=_UPSTREAM_GATE_SOURCE,
+        statistic=_STATISTIC[_div],
+        action="drop token above delta",
+        coefficient="`rho_t`",
+    )(_upstream_divergence_gate(_div, per_sequence=False))
+    CORRECTIONS.register(
+        f"seq-{_label}-mask",
+        threshold="divergence",
+        legacy=True,
+        source=_UPSTREAM_GATE_SOURCE,
+        statistic=f"per-sequence mean of the {_STATISTIC[_div]}",
+        action="drop sequence above delta",
+        coefficient="`rho_t`",
+    )(_upstream_divergence_gate(_div, per_sequence=True))

@@ -108,7 +108,7 @@ def finalize_args(args, settings: OffPolicySettings, explicit_flags: Iterable[st
     config = settings.check(args, explicit)
     if settings.policy_loss_type is not None:
         args.actor.policy_loss_type = settings.policy_loss_type
-    wants = settings.request_rollout_logprobs or config.needs_rollout_log_probs or config.policy_loss_type == "dppo"
+    wants = settings.request_rollout_logprobs or config.reads_rollout_log_probs
     settings = replace(settings, request_rollout_logprobs=bool(wants and vllm_enabled(args)))
     label = method_label(config)
     if "--logger.wandb.group" not in explicit:

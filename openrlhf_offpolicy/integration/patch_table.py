@@ -46,6 +46,23 @@ def register(patch: Patch) -> Patch:
     return patch
 
 
+# issue 12: --algo.advantage.estimator reinforce_max (upstream runs its rloo path, then the advantages are
+# replaced by openrlhf_offpolicy.advantages.reinforce_max_advantages; see integration/advantages.py).
+def _reinforce_max(original, settings: OffPolicySettings):
+    from .advantages import make_compute_advantages
+
+    return make_compute_advantages(original, settings)
+
+
+register(Patch(
+    module="openrlhf.trainer.ppo_utils.experience_maker",
+    target="RemoteExperienceMaker.compute_advantages_and_returns",
+    make=_reinforce_max,
+    when=lambda settings: settings.advantage_estimator == "reinforce_max",
+    why="reinforce_max advantages (the seed fork's ProMax) on top of upstream's rloo path",
+))
+
+
 def apply_table(settings: OffPolicySettings, replace: Callable[[Any, str, Any], None], original) -> None:
     """Install every entry whose condition holds (eagerly: imports each entry's module).
 

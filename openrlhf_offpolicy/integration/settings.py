@@ -30,12 +30,16 @@ class OffPolicySettings:
     policy_loss_type:          ``--policy_loss_type`` (None: keep upstream's ``--actor.policy_loss_type``).
     request_rollout_logprobs:  ask vLLM for the sampled token's log-prob (pi_roll).
     logprobs_topk:             ask vLLM for the top-K log-probs of every generated token (0: off).
+    advantage_estimator:       our estimator replacing upstream's (``reinforce_max``), None: upstream's.
+    uniform_scale:             reinforce_max: a group with equal rewards gets r/n instead of 0.
     """
 
     loss_kwargs: Dict[str, Any] = field(default_factory=dict)
     policy_loss_type: Optional[str] = None
     request_rollout_logprobs: bool = True
     logprobs_topk: int = 0
+    advantage_estimator: Optional[str] = None
+    uniform_scale: bool = False
 
     def loss_config(self, args) -> OffPolicyConfig:
         """Resolve (and validate) the ``PolicyLoss`` configuration for upstream ``args``."""
@@ -57,6 +61,9 @@ class OffPolicySettings:
                 "give one of them"
             )
         config = self.loss_config(args)
+        from .advantages import check_estimator
+
+        check_estimator(self, args)
         self._check_topk(config, args)
         if config.needs_rollout_log_probs and not vllm_enabled(args):
             what = config.correction if config.correction_enabled else f"{config.policy_loss_type} with a correction"

@@ -1,4 +1,5 @@
-"""Carry the rollout's top-K log-probs from vLLM to the loss (``--vllm_logprobs_topk K``, SPEC §3.3).
+"""Carry the rollout's top-K log-probs from vLLM to the loss (``--vllm_logprobs_topk K``,
+README "Top-K divergences").
 
 Path of the data, and what is patched on it (``install``, called by ``patches.apply``):
   1. vLLM engines are created with ``max_logprobs >= K`` and sampled with ``logprobs=K``

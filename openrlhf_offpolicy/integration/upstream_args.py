@@ -29,6 +29,10 @@ PEEKED_FLAGS: Dict[str, Dict[str, Any]] = {
     "--ds.ring_attn_size": dict(type=int, default=1),
     "--logger.wandb.group": dict(type=str, default=None),
     "--logger.wandb.run_name": dict(type=str, default=None),
+    # issue 12: reinforce_max checks
+    "--rollout.n_samples_per_prompt": dict(type=int, default=1),
+    "--algo.kl.init_coef": dict(type=float, default=0.01),
+    "--algo.kl.use_loss": dict(action="store_true", default=False),
 }
 
 

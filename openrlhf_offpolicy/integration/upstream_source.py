@@ -38,7 +38,8 @@ _HIERARCHIZE_MODULE = "openrlhf.utils.config"
 # Values this project adds to the choices of an upstream flag (flag -> extra choices), applied to the
 # parser read from source (CLI checks, --help, --dry_run). A real run must accept them too: whoever adds
 # an entry here also patches upstream's parser for the runpy path.
-EXTRA_CHOICES: Dict[str, List[str]] = {}
+# reinforce_max never reaches upstream's parser: the CLI hands upstream rloo (``advantages.translate_estimator``).
+EXTRA_CHOICES: Dict[str, List[str]] = {"--algo.advantage.estimator": ["reinforce_max"]}
 
 
 class UpstreamMissing(RuntimeError):

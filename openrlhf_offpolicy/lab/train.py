@@ -12,7 +12,7 @@ generated tokens, and stale engine weights (async off-policy). With stale weight
 is dispatched while the trainer is still updating, as in an asynchronous pipeline. Every method
 uses the project's real ``PolicyLoss``. Per step it records the rollout reward, the trainer's
 greedy evaluation reward, the mismatch KL (``mismatch/k1``, ``mismatch/k3``), masked fractions,
-the gradient norm and every SPEC §5 metric, to JSONL and tensorboard (and wandb when asked; offline
+the gradient norm and every metric of the README's metric table, to JSONL and tensorboard (and wandb when asked; offline
 mode needs no network), then writes a summary table and plots.
 """
 
@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from ..presets import registered_presets
 from .engines import Mismatch, RolloutEngine, Trainer, supervised_warmup
 from .model import TinyConfig
 from .task import DigitTask
@@ -50,6 +51,8 @@ METHODS: Dict[str, dict] = {
     "cispo": dict(policy_loss_type="cispo"),
     "dppo binary_tv": dict(policy_loss_type="dppo"),
 }
+# Every registered method's preset (the paper's values) is a choice too, derived from the registry.
+METHODS.update({f"preset:{name}": kwargs for name, kwargs in registered_presets().items()})
 DEFAULT_METHODS = [CONTROL, "no correction", "tis [0, 2]", "icepop [0.5, 5]", "seq-tis [0, 2]",
                    "geo-mask [0.9, 1.1]", "trm max k2 0.05"]
 

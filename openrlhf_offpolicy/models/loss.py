@@ -3,7 +3,7 @@
 Same constructor kwargs (plus the seed-style correction API and every method parameter, see
 ``corrections.config``), same ``forward`` arguments, same 5-tuple
 ``(loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio)``. With only upstream kwargs the outputs
-and gradients equal upstream's. After every call ``self.metrics`` holds the SPEC §5 diagnostics
+and gradients equal upstream's. After every call ``self.metrics`` holds the diagnostics of the README's metric table
 as detached 0-d tensors. Nothing here imports OpenRLHF.
 """
 
@@ -136,7 +136,7 @@ class PolicyLoss(nn.Module):
         global_batch_size: Optional[float] = None,
         **extra,
     ):
-        """Upstream's arguments, plus the top-K inputs of the top-K divergences (SPEC §3.3):
+        """Upstream's arguments, plus the top-K inputs of the top-K divergences (README, "Top-K divergences"):
         ``rollout_topk_ids`` / ``rollout_topk_log_probs`` ``[B, T, K]`` (the rollout's top-K),
         ``topk_log_probs`` ``[B, T, K]`` (pi_theta at those ids) and ``action_ids`` ``[B, T]``."""
         topk = self._topk(log_probs, extra)

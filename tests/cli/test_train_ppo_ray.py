@@ -11,6 +11,9 @@ import pytest
 import yaml
 from helpers import MINIMAL_UPSTREAM_ARGV, dry_run
 
+from openrlhf_offpolicy.corrections import CORRECTIONS
+from openrlhf_offpolicy.corrections.tables import launch_scripts
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PRESETS = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "examples", "scripts", "train_*.sh")))
@@ -91,38 +94,36 @@ def script_argv(script, **env):
     return result.stdout.splitlines()
 
 
-FAMILY_VARIANTS = {
-    "train_token_is.sh": ("CORRECTION", ["tis", "icepop"]),
-    "train_sequence_is.sh": ("CORRECTION", ["geo-mask", "seq-mask-tis", "seq-tis", "seq-mis", "reinforce_pro"]),
-    "train_trm.sh": ("CORRECTION", ["trm", "trm_avg", "trm_combined", "trm_topk"]),
-    "train_gspo.sh": ("LOSS", ["gspo", "gspo_token"]),
-    "train_soft_gate.sh": ("LOSS", ["sapo", "is_reshape"]),
-    "train_cispo.sh": ("LOSS", ["cispo"]),
-    "train_dppo.sh": ("LOSS", ["dppo", "dppo_kl", "dppo_topk"]),
-    "train_baseline.sh": (None, [None]),
-}
+# script -> (variable, [(preset, registered method)]), from the registrations (README's script list too).
+LAUNCH_SCRIPTS = launch_scripts()
 
 
 def test_every_script_is_covered_and_every_preset_has_a_script():
-    assert {os.path.basename(s) for s in SCRIPTS} == set(FAMILY_VARIANTS)
-    variants = {v.replace("-", "_") for _, vs in FAMILY_VARIANTS.values() for v in vs if v} | {"baseline"}
+    assert {os.path.basename(s) for s in SCRIPTS} == set(LAUNCH_SCRIPTS)
+    variants = {preset for _, presets in LAUNCH_SCRIPTS.values() for preset, _ in presets}
     assert variants == {os.path.basename(p)[:-5] for p in PRESETS}
 
 
-@pytest.mark.parametrize("script,variable,variant", [
-    (s, var, v) for s, (var, vs) in FAMILY_VARIANTS.items() for v in vs])
-def test_every_example_script_parses_through_upstreams_parser(script, variable, variant, capsys):
-    env = {variable: variant} if variable else {}
+@pytest.mark.parametrize("script,variable,preset,method", [
+    (s, var, p, m) for s, (var, presets) in LAUNCH_SCRIPTS.items() for p, m in presets])
+def test_every_example_script_parses_through_upstreams_parser(script, variable, preset, method, capsys):
+    env = {variable: preset} if variable else {}
     argv = script_argv(os.path.join(REPO, "examples", "scripts", script), **env)
+    assert f"configs/{preset}.yaml" in argv
     status, out = dry_run(argv, capsys)
     assert status == 0, out
     up, loss = out["upstream"], out["offpolicy"]["policy_loss"]
     assert up["actor.model_name_or_path"] == "Qwen/Qwen2.5-Math-1.5B"
     assert up["vllm.num_engines"] == 8 and up["train.colocate_all"] is True
-    assert up["algo.advantage.estimator"] == "group_norm" and up["rollout.n_samples_per_prompt"] == 8
+    assert up["rollout.n_samples_per_prompt"] == 8
     assert up["reward.remote_url"] == ["examples/scripts/reward_math.py"]
-    name = (variant or "baseline").replace("_avg", "").replace("_combined", "").replace("_kl", "").replace("_topk", "")
-    assert name in (loss["correction"], loss["policy_loss_type"]) or name == "baseline"
+    selected = (loss["policy_loss_type"], loss["correction"])
+    if method in CORRECTIONS.names():
+        assert selected[1] == method, (method, selected)
+    else:
+        assert selected[0] == method, (method, selected)
+    if script == "train_baseline.sh":
+        assert selected == ("ppo", "none"), "the baseline runs PPO without a correction"
     assert up["logger.wandb.group"].startswith(loss["policy_loss_type"])
 
 

@@ -22,10 +22,11 @@ from helpers import MINIMAL_UPSTREAM_ARGV, CPUStrategy
 from openrlhf_offpolicy.cli.train_ppo_ray import parse
 from openrlhf_offpolicy.integration import patches
 from openrlhf_offpolicy.integration.launch import run
+from openrlhf_offpolicy.integration.settings import ENV_VAR
 from openrlhf_offpolicy.integration.upstream_args import given_flags
 from openrlhf_offpolicy.models import PolicyLoss
 
-SPEC_METRICS = {"is/weight_mean", "is/weight_max", "is/ess", "is/token_masked_frac", "is/seq_masked_frac",
+CORRECTION_METRICS = {"is/weight_mean", "is/weight_max", "is/ess", "is/token_masked_frac", "is/seq_masked_frac",
                 "mismatch/k1", "mismatch/k3", "mismatch/max_k2", "trm/accept_rate", "sapo/gate_mean"}
 
 
@@ -33,6 +34,9 @@ def build_trainer(cli_argv, model_dir, monkeypatch):
     from openrlhf.models import Actor
     from openrlhf.trainer.ray import ppo_actor
 
+    # run() exports the settings for Ray workers; monkeypatch removes them again when the test ends,
+    # whether it passes or fails, so no later test sees them.
+    monkeypatch.delenv(ENV_VAR, raising=False)
     ours, settings, upstream_argv = parse(cli_argv)
     args, config, settings = run(upstream_argv, settings, dry_run=True, explicit_flags=given_flags(upstream_argv))
     patches.apply(settings)
@@ -102,8 +106,8 @@ def test_training_step_calls_our_loss_with_the_real_experience_and_logs_spec_met
     assert kwargs["dp_size"] == 1 and float(kwargs["batch_num_tokens"]) == float(experience.action_mask.sum())
 
     metrics = status["metrics"]
-    assert SPEC_METRICS <= set(metrics) and SPEC_METRICS <= set(experience.info)
-    for name in SPEC_METRICS:
+    assert CORRECTION_METRICS <= set(metrics) and CORRECTION_METRICS <= set(experience.info)
+    for name in CORRECTION_METRICS:
         assert status["weights"][name] == "token" and metrics[name].dim() == 0
     assert {"policy_loss", "ppo_clip_ratio", "ppo_kl", "vllm_kl", "is_filter_ratio", "kl"} <= set(metrics)
     assert torch.isfinite(metrics["policy_loss"]) and status["num_action_tokens"] == 16.0
@@ -122,4 +126,6 @@ def test_without_our_flags_the_trainer_builds_our_loss_with_upstream_semantics(g
     finally:
         patches.undo()
     assert "is/ess" in status["metrics"] and "vllm_kl" in status["metrics"]
-    os.environ.pop("OPENRLHF_OFFPOLICY_SETTINGS", None)
+    # The settings travel in Ray's runtime env and on args, never in this process's environment (a leak
+    # would make every later process of the session patch itself).
+    assert ENV_VAR not in os.environ, "run() leaked the settings into os.environ"

@@ -33,14 +33,37 @@ def test_peeked_defaults_equal_what_upstreams_parser_produces():
     assert hasattr(real.logger.wandb, "group") and hasattr(real.logger.wandb, "run_name")
 
 
-def test_loss_kwargs_match_what_actor_ppo_trainer_passes():
+def upstream_policy_loss_call():
+    """The ``PolicyLoss(...)`` call in upstream's ``ActorPPOTrainer.__init__``, as an AST node."""
+    import ast
     import inspect
+    import textwrap
 
     from openrlhf.trainer.ray import ppo_actor
 
-    source = inspect.getsource(ppo_actor.ActorPPOTrainer.__init__)
-    for kwarg in loss_kwargs_from_args(peek_upstream_args([])):
-        assert f"{kwarg}=" in source, f"ActorPPOTrainer no longer passes {kwarg}"
+    tree = ast.parse(textwrap.dedent(inspect.getsource(ppo_actor.ActorPPOTrainer.__init__)))
+    [call] = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+              and getattr(node.func, "id", None) == "PolicyLoss"]
+    return call
+
+
+def test_loss_kwargs_map_each_flag_as_actor_ppo_trainer_does():
+    """Evaluate upstream's own keyword expressions on the args its parser makes, and compare them
+    value by value with what we derive from the peeked flags (names and mapping)."""
+    import ast
+    from types import SimpleNamespace
+
+    argv = MINIMAL_UPSTREAM_ARGV + [
+        "--actor.eps_clip_low_high", "0.1", "0.3", "--actor.dual_clip", "3", "--actor.loss_agg_mode",
+        "seq-mean-token-mean", "--actor.policy_loss_type", "gspo", "--algo.advantage.is_correction_level", "seq",
+        "--algo.advantage.is_correction_mode", "mask", "--algo.advantage.is_correction_gating", "tv",
+        "--algo.advantage.is_correction_threshold", "0.0", "0.07"]
+    real, _, _ = run(argv, OffPolicySettings(), dry_run=True, explicit_flags=given_flags(argv))
+    call = upstream_policy_loss_call()
+    theirs = {kw.arg: eval(compile(ast.Expression(kw.value), "<upstream>", "eval"), {"self": SimpleNamespace(args=real)})
+              for kw in call.keywords}
+    ours = loss_kwargs_from_args(peek_upstream_args(argv))
+    assert ours == theirs
 
 
 def test_peek_ignores_unrelated_flags_and_needs_exact_names():

@@ -1,4 +1,4 @@
-"""The exact estimator bench confirms the theory SPEC §3.1 and the notes state (each check < 1 min)."""
+"""The exact estimator bench confirms the theory the papers state (TIS, Geo-Mask / Seq-MIS, TRM; each check < 1 min)."""
 
 import math
 

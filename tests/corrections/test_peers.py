@@ -1,0 +1,132 @@
+"""Our new policy losses against the peers' own functions, on the same float64 tensors.
+
+verl 0.9.1 and TRL 1.16.0 are not dependencies: each test is skipped when its peer does not
+import. To run them: ``pip download --no-deps verl==0.9.1 trl==1.16.0`` and install both
+``--no-deps`` (verl's ``core_algos`` also imports tensordict, pyvers, omegaconf, antlr4,
+codetiming and orjson), e.g. into a folder put on ``PYTHONPATH``.
+"""
+
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import random_inputs
+
+from openrlhf_offpolicy.models import PolicyLoss
+
+
+def ours(loss_type, inputs, **kwargs):
+    fresh = {k: (v.detach().clone().requires_grad_() if k == "log_probs" else v) for k, v in inputs.items()}
+    fresh.pop("rollout_log_probs")
+    loss = PolicyLoss(policy_loss_type=loss_type, **kwargs)(**fresh)[0]
+    loss.backward()
+    return loss.detach(), fresh["log_probs"].grad
+
+
+def assert_same(a, b):
+    """Equal up to the peers' 1e-8 guards in their denominators (relative differences ~1e-9)."""
+    (la, ga), (lb, gb) = a, b
+    print(f"max |loss diff| {abs(la - lb).item():.2e}, max |grad diff| {(ga - gb).abs().max().item():.2e}")
+    assert torch.allclose(la, lb, rtol=1e-7, atol=1e-12), (la.item(), lb.item())
+    assert torch.allclose(ga, gb, rtol=1e-7, atol=1e-12), (ga - gb).abs().max()
+
+
+# ----------------------------------------------------------------------------- verl 0.9.1
+def verl_loss(name, inputs, **config):
+    core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
+    fn = core_algos.get_policy_loss_fn(name)
+    log_probs = inputs["log_probs"].detach().clone().requires_grad_()
+    cfg = SimpleNamespace(clip_ratio=0.2, clip_ratio_low=None, clip_ratio_high=None, global_batch_info={},
+                          policy_loss=SimpleNamespace(**config))
+    for key in ("clip_ratio", "clip_ratio_low", "clip_ratio_high"):
+        if key in config:
+            setattr(cfg, key, config[key])
+    loss, _ = fn(inputs["old_log_probs"], log_probs, inputs["advantages"], inputs["action_mask"], "token-mean", cfg)
+    loss.backward()
+    return loss.detach(), log_probs.grad
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("clip", [(0.4, 0.4), (0.2, 0.3)])
+def test_gmpo_equals_verl_geo_mean(seed, clip):
+    inputs = random_inputs(batch=6, length=10, seed=seed, policy_scale=0.4, per_sequence_advantage=True)
+    theirs = verl_loss("geo_mean", inputs, clip_ratio_low=clip[0], clip_ratio_high=clip[1])
+    assert_same(ours("gmpo", inputs, gmpo_clip_range=(-clip[0], clip[1])), theirs)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clip_cov_equals_verl_with_the_same_torch_seed(seed):
+    inputs = random_inputs(batch=8, length=12, seed=seed, policy_scale=0.3)
+    params = dict(clip_cov_ratio=0.05, clip_cov_lb=-0.5, clip_cov_ub=2.0)
+    torch.manual_seed(100 + seed)
+    theirs = verl_loss("clip_cov", inputs, **params)
+    torch.manual_seed(100 + seed)
+    assert_same(ours("clip_cov", inputs, **params), theirs)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("ratio,coef", [(0.0002, 1.0), (0.1, 0.5)])
+def test_kl_cov_equals_verl(seed, ratio, coef):
+    inputs = random_inputs(batch=8, length=12, seed=seed, policy_scale=0.3)
+    theirs = verl_loss("kl_cov", inputs, kl_cov_ratio=ratio, ppo_kl_coef=coef)
+    assert_same(ours("kl_cov", inputs, kl_cov_ratio=ratio, kl_cov_coef=coef), theirs)
+
+
+# ----------------------------------------------------------------------------- TRL 1.16.0
+class _Accelerator:
+    num_processes = 1
+    sync_gradients = False
+
+    def gather(self, x):
+        return x
+
+    gather_for_metrics = gather
+
+    def reduce(self, x, reduction="sum"):
+        return x
+
+
+def trl_loss(loss_type, inputs, importance_sampling_level="token", **args):
+    """TRL's own ``GRPOTrainer._compute_loss`` on a stand-in trainer whose forward returns our log-probs."""
+    grpo = pytest.importorskip("trl.trainer.grpo_trainer")
+    log_probs = inputs["log_probs"].detach().clone().requires_grad_()
+    mask = inputs["action_mask"]
+    batch, length = mask.shape
+    defaults = dict(vespo_k_pos=2.0, vespo_lambda_pos=3.0, vespo_k_neg=3.0, vespo_lambda_neg=2.0, delta=None,
+                    steps_per_generation=1, use_bias_correction_kl=False)
+    trainer = SimpleNamespace(
+        loss_type=loss_type, importance_sampling_level=importance_sampling_level, beta=0.0,
+        epsilon_low=args.pop("epsilon_low", 0.2), epsilon_high=args.pop("epsilon_high", 0.2),
+        top_entropy_quantile=1.0, off_policy_mask_threshold=None, use_vllm=False, aux_loss_enabled=False,
+        _entropy_bonus_enabled=False, model=SimpleNamespace(training=True), current_gradient_accumulation_steps=1,
+        accelerator=_Accelerator(), args=SimpleNamespace(**{**defaults, **args}),
+        _metrics={"train": defaultdict(list)},
+        _get_per_token_logps_and_entropies=lambda *a, **k: (log_probs, torch.zeros_like(log_probs), None),
+        get_gamma_weights=grpo.GRPOTrainer.get_gamma_weights,
+    )
+    ids = torch.zeros(batch, length, dtype=torch.long)
+    loss = grpo.GRPOTrainer._compute_loss(trainer, None, {
+        "prompt_ids": ids[:, :1], "prompt_mask": torch.ones(batch, 1, dtype=torch.long), "completion_ids": ids,
+        "completion_mask": mask, "advantages": inputs["advantages"], "old_per_token_logps": inputs["old_log_probs"],
+        "num_items_in_batch": mask.sum(),
+    })
+    loss.backward()
+    return loss.detach(), log_probs.grad
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k,lam", [((2.0, 3.0), (3.0, 2.0)), ((1.5, 4.0), (2.5, 0.5))])
+def test_vespo_equals_trl(seed, k, lam):
+    inputs = random_inputs(batch=6, length=10, seed=seed, policy_scale=0.1)
+    theirs = trl_loss("vespo", inputs, vespo_k_pos=k[0], vespo_k_neg=k[1], vespo_lambda_pos=lam[0],
+                      vespo_lambda_neg=lam[1])
+    assert_same(ours("vespo", inputs, vespo_k=k, vespo_lambda=lam), theirs)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("eps", [(0.2, 0.2), (0.1, 0.28)])
+def test_luspo_equals_trl(seed, eps):
+    inputs = random_inputs(batch=6, length=10, seed=seed, policy_scale=0.3)
+    theirs = trl_loss("luspo", inputs, importance_sampling_level="sequence", epsilon_low=eps[0], epsilon_high=eps[1])
+    assert_same(ours("luspo", inputs, clip_eps_low=eps[0], clip_eps_high=eps[1]), theirs)
