@@ -130,11 +130,15 @@ class Correction:
     rejected:  ``[B, T]`` bool, tokens whose contribution the gate removed.
     filtered:  out-of-band units (rejected or clamped), ``[B, T]`` for a token-level gate or
                ``[B]`` for a sequence-level one; this is upstream's ``is_filter_ratio`` unit.
+    weight_level: "token" when each token carries its own weight, "sequence" when every kept
+               token of a sequence carries the sequence's weight (what ``--is_batch_normalize``
+               averages over).
     """
 
     coef: torch.Tensor
     rejected: torch.Tensor
     filtered: torch.Tensor
+    weight_level: str = "token"
     metrics: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 

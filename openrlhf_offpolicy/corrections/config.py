@@ -21,6 +21,7 @@ from .divergences import DIVERGENCES
 from .gates import CORRECTIONS, NO_CORRECTION
 from .losses import POLICY_LOSSES
 from .registry import Param
+from .rejection import Criterion, parse_rejection
 
 DEFAULT_THRESHOLD = (0.5, 5.0)
 
@@ -64,6 +65,8 @@ class OffPolicyConfig:
     token_level_loss: bool = True
     anchor_on_rollout: bool = False
     params: Mapping[str, Any] = field(default_factory=dict)
+    rejection: Tuple[Criterion, ...] = ()  # composable rejection criteria (corrections.rejection)
+    is_batch_normalize: bool = False  # rescale the correction's weights to mean 1 (corrections.normalize)
 
     def __getattr__(self, name: str) -> Any:
         params = object.__getattribute__(self, "params")
@@ -87,7 +90,7 @@ class OffPolicyConfig:
 
     @property
     def needs_rollout_log_probs(self) -> bool:
-        return self.correction_enabled or self.anchor_on_rollout
+        return self.correction_enabled or self.anchor_on_rollout or bool(self.rejection)
 
     @property
     def needs_topk(self) -> bool:
@@ -96,6 +99,7 @@ class OffPolicyConfig:
     def describe(self) -> Dict[str, Any]:
         """A flat, printable view (for ``--dry_run`` and run names)."""
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "params"}
+        out["rejection"] = [c.name for c in self.rejection]
         out.update(self.params)
         return out
 
@@ -160,6 +164,8 @@ def resolve_config(
     enable_vllm_is_correction: bool = False,
     vllm_is_truncated_threshold: Optional[Sequence[float]] = DEFAULT_THRESHOLD,
     vllm_is_correction_type: str = "tis",
+    rejection: Optional[Sequence[str]] = None,
+    is_batch_normalize: bool = False,
     **method_kwargs: Any,
 ) -> OffPolicyConfig:
     """Validate every argument and return the resolved configuration (ValueError on bad input)."""
@@ -218,6 +224,12 @@ def resolve_config(
                 )
             anchor_on_rollout, correction = True, NO_CORRECTION
 
+    criteria = parse_rejection(rejection)
+    if not isinstance(is_batch_normalize, bool):
+        raise ValueError(f"is_batch_normalize must be True or False, got {is_batch_normalize!r}")
+    if is_batch_normalize and correction == NO_CORRECTION:
+        raise ValueError("is_batch_normalize rescales a correction's IS weights, but no correction is selected "
+                         "(enable_vllm_is_correction / is_correction_level)")
     config = OffPolicyConfig(
         policy_loss_type=loss.name,
         correction=correction,
@@ -228,6 +240,8 @@ def resolve_config(
         token_level_loss=bool(token_level_loss) and not loss.sequence_level,
         anchor_on_rollout=anchor_on_rollout,
         params=params,
+        rejection=criteria,
+        is_batch_normalize=bool(is_batch_normalize),
     )
     validate = CORRECTIONS.get(config.correction).meta.get("validate")
     if validate is not None:

@@ -16,6 +16,8 @@ import torch.nn as nn
 
 from ..corrections import CORRECTIONS, POLICY_LOSSES, TopK, aggregate_loss, make_topk, resolve_config
 from ..corrections.batch import make_policy_batch
+from ..corrections.normalize import batch_normalize
+from ..corrections.rejection import apply_rejection
 from ..corrections.diagnostics import correction_metrics, filter_ratio, mismatch_metrics
 
 
@@ -78,6 +80,8 @@ class PolicyLoss(nn.Module):
 
         surrogate = self.surrogate(batch, self.config)
         correction = self.correction(batch, self.config)
+        correction = apply_rejection(correction, batch, self.config.rejection)
+        correction = batch_normalize(correction, batch, self.config.is_batch_normalize)
         per_token = surrogate.loss * correction.coef  # coef is 0 off the mask and on non-finite tokens
         loss = aggregate_loss(
             per_token, action_mask, self.config.token_level_loss, dp_size, batch_num_tokens, global_batch_size
