@@ -95,9 +95,9 @@ class PolicyLoss(nn.Module):
             vllm_kl = is_filter_ratio = None
             if batch.rollout_log_probs is not None:
                 metrics.update(mismatch_metrics(batch))
+            metrics.update(correction.metrics)  # the correction's and the rejection criteria's own
             if self.config.correction_enabled:
                 metrics.update(correction_metrics(correction, batch))
-                metrics.update(correction.metrics)
                 vllm_kl = metrics["mismatch/k1"]  # mean(log pi_roll - log pi_old), upstream's vllm_kl
                 is_filter_ratio = filter_ratio(correction, batch)
             self.metrics = {k: torch.as_tensor(v).detach().float() for k, v in metrics.items()}
