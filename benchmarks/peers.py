@@ -151,7 +151,7 @@ def peer_trl(GRPOTrainer, loss_type: str, importance_sampling_level: str = "toke
         batch = {
             "prompt_ids": inputs["prompt_ids"], "prompt_mask": inputs["prompt_mask"],
             "completion_ids": inputs["completion_ids"], "completion_mask": mask,
-            "advantages": inputs["advantages_per_sequence"], "old_per_token_logps": inputs["old_log_probs"],
+            "advantages": inputs["advantages"], "old_per_token_logps": inputs["old_log_probs"],
             "num_items_in_batch": inputs["num_tokens"],
         }
         fake._metrics.clear()
@@ -161,13 +161,13 @@ def peer_trl(GRPOTrainer, loss_type: str, importance_sampling_level: str = "toke
 
 
 def trl_extra_inputs(inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The fields TRL's loss reads besides ours (its advantages are one value per sequence)."""
+    """The fields TRL's loss reads besides ours. Its advantages are the same ``[B, T]`` tensor as ours
+    (TRL accepts per-token advantages), so both sides do the same amount of work."""
     mask = inputs["action_mask"]
     batch = mask.shape[0]
     return {
         "prompt_ids": torch.zeros(batch, 1, dtype=torch.long), "prompt_mask": torch.ones(batch, 1, dtype=torch.long),
         "completion_ids": torch.zeros_like(mask, dtype=torch.long),
         "entropies": torch.zeros_like(inputs["log_probs"]),
-        "advantages_per_sequence": inputs["advantages"][:, 0].contiguous(),
         "num_tokens": mask.sum().float(),
     }

@@ -28,7 +28,7 @@ from typing import Dict
 
 import torch
 
-from .batch import Correction, PolicyBatch
+from .batch import Correction, PolicyBatch, Surrogate
 from .stats import clamp_log_ratio, normalized_ess
 
 
@@ -94,6 +94,13 @@ def correction_metrics(correction: Correction, batch: PolicyBatch) -> Dict[str, 
         "is/token_masked_frac": rejected_per_seq.sum() / batch.n_tokens,
         "is/seq_masked_frac": all_rejected.sum() / batch.n_sequences,
     }
+
+
+def clip_fraction(surrogate: Surrogate, batch: PolicyBatch) -> torch.Tensor:
+    """Upstream's ``clip_ratio``: the fraction of action tokens the surrogate clipped (None: none)."""
+    if surrogate.clipped is None:
+        return torch.zeros((), dtype=batch.mask.dtype, device=batch.mask.device)
+    return (surrogate.clipped & batch.on).sum() / batch.n_tokens
 
 
 def filter_ratio(correction: Correction, batch: PolicyBatch) -> torch.Tensor:

@@ -211,18 +211,22 @@ def apply_rejection(correction: Correction, batch: PolicyBatch, criteria: Sequen
         return correction
     stats = TokenStats(batch)
     keep = batch.on
-    metrics: Dict[str, torch.Tensor] = {}
+    metrics: Dict[str, Callable[[], torch.Tensor]] = {}
     for criterion in criteria:
         kept = criterion.keep(batch, stats)
+        metrics[f"rejection/{criterion.name}/masked_frac"] = _masked_frac(kept, criterion.per_sequence, batch)
         if criterion.per_sequence:
-            metrics[f"rejection/{criterion.name}/masked_frac"] = (~kept & batch.has_tokens).float()
             kept = broadcast_seq(kept, batch.mask)
-        else:
-            metrics[f"rejection/{criterion.name}/masked_frac"] = (~kept & batch.on).sum() / batch.n_tokens
         keep = keep & kept
     rejected_here = batch.on & ~keep
-    metrics["rejection/masked_frac"] = rejected_here.sum() / batch.n_tokens
+    metrics["rejection/masked_frac"] = lambda: rejected_here.sum() / batch.n_tokens
     coef = torch.where(keep, correction.coef, torch.zeros_like(correction.coef))
     return replace(correction, coef=coef, rejected=correction.rejected | rejected_here,
                    metrics={**correction.metrics, **metrics})
 
+
+def _masked_frac(kept: torch.Tensor, per_sequence: bool, batch: PolicyBatch) -> Callable[[], torch.Tensor]:
+    """The criterion's rejection rate, read lazily: ``[B]`` 0/1 per sequence, or a 0-d token fraction."""
+    if per_sequence:
+        return lambda: (~kept & batch.has_tokens).float()
+    return lambda: (~kept & batch.on).sum() / batch.n_tokens

@@ -18,7 +18,8 @@ from ..corrections import CORRECTIONS, POLICY_LOSSES, TopK, aggregate_loss, make
 from ..corrections.batch import make_policy_batch
 from ..corrections.normalize import batch_normalize
 from ..corrections.rejection import apply_rejection
-from ..corrections.diagnostics import correction_metrics, filter_ratio, mismatch_metrics
+from ..corrections.diagnostics import (clip_fraction, correction_metrics, filter_ratio, masked_total,
+                                      mismatch_metrics)
 
 
 TOPK_ARGUMENTS = ("rollout_topk_ids", "rollout_topk_log_probs", "topk_log_probs", "action_ids")
@@ -44,7 +45,8 @@ class PolicyLoss(nn.Module):
         self.config = resolve_config(**kwargs)
         self.surrogate = POLICY_LOSSES.get(self.config.policy_loss_type).fn
         self.correction = CORRECTIONS.get(self.config.correction).fn
-        self.metrics: Dict[str, torch.Tensor] = {}
+        self._pending = None  # what the last forward left for the lazily computed metrics
+        self._metrics: Optional[Dict[str, torch.Tensor]] = {}
         # Upstream attribute names, for code that reads them off the module.
         self.policy_loss_type = self.config.policy_loss_type
         self.token_level_loss = self.config.token_level_loss
@@ -83,25 +85,43 @@ class PolicyLoss(nn.Module):
         correction = apply_rejection(correction, batch, self.config.rejection)
         correction = batch_normalize(correction, batch, self.config.is_batch_normalize)
         per_token = surrogate.loss * correction.coef  # coef is 0 off the mask and on non-finite tokens
-        loss = aggregate_loss(
-            per_token, action_mask, self.config.token_level_loss, dp_size, batch_num_tokens, global_batch_size
-        )
+        loss = aggregate_loss(per_token, action_mask, self.config.token_level_loss, dp_size, batch_num_tokens,
+                              global_batch_size, premasked=True)
 
+        # Upstream's four statistics now; every other diagnostic when ``metrics`` is first read.
         with torch.no_grad():
-            clip_ratio = (surrogate.clipped & batch.on).sum() / batch.n_tokens
-            ppo_kl = ((batch.old_log_probs - batch.log_probs.detach()) * batch.mask).sum() / batch.n_tokens
-            metrics = {"loss/nonfinite_frac": nonfinite / action_mask.sum().clamp(min=1.0)}
-            metrics.update(surrogate.metrics)
+            clip_ratio = clip_fraction(surrogate, batch)
+            ppo_kl = masked_total(batch.old_log_probs - batch.log_probs.detach(), batch.mask) / batch.n_tokens
             vllm_kl = is_filter_ratio = None
-            if batch.rollout_log_probs is not None:
-                metrics.update(mismatch_metrics(batch))
-            metrics.update(correction.metrics)  # the correction's and the rejection criteria's own
             if self.config.correction_enabled:
-                metrics.update(correction_metrics(correction, batch))
-                vllm_kl = metrics["mismatch/k1"]  # mean(log pi_roll - log pi_old), upstream's vllm_kl
+                vllm_kl = -batch.log_rho.sum() / batch.n_tokens  # mean(log pi_roll - log pi_old), = mismatch/k1
                 is_filter_ratio = filter_ratio(correction, batch)
-            self.metrics = {k: torch.as_tensor(v).detach().float() for k, v in metrics.items()}
+        self._pending = (batch, surrogate, correction, nonfinite, action_mask)
+        self._metrics = None
         return loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio
+
+    @property
+    def metrics(self) -> Dict[str, torch.Tensor]:
+        """The diagnostics of the last ``forward`` (detached float32 tensors), computed on first read."""
+        if self._metrics is None:
+            self._metrics = self._compute_metrics(*self._pending) if self._pending is not None else {}
+            self._pending = None
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, value: Dict[str, torch.Tensor]) -> None:
+        self._metrics, self._pending = value, None
+
+    @torch.no_grad()
+    def _compute_metrics(self, batch, surrogate, correction, nonfinite, action_mask) -> Dict[str, torch.Tensor]:
+        metrics = {"loss/nonfinite_frac": nonfinite / action_mask.sum().clamp(min=1.0)}
+        metrics.update(surrogate.metrics)
+        if batch.rollout_log_probs is not None:
+            metrics.update(mismatch_metrics(batch))
+        metrics.update(correction.metrics)  # the correction's and the rejection criteria's own
+        if self.config.correction_enabled:
+            metrics.update(correction_metrics(correction, batch))
+        return {k: torch.as_tensor(v() if callable(v) else v).detach().float() for k, v in metrics.items()}
 
     def _topk(self, log_probs, extra) -> Optional[TopK]:
         unknown = sorted(set(extra) - set(TOPK_ARGUMENTS))
