@@ -29,7 +29,8 @@ from typing import Callable, Dict
 
 import torch
 
-PEERS_DIR = os.environ.get("BENCH_PEERS_DIR", os.path.join("bench_results", "peers"))
+PEERS_DIR = os.environ.get(
+    "BENCH_PEERS_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench_results", "peers"))
 VERL_OPTIONAL = ("tensordict", "omegaconf", "codetiming", "orjson")
 
 

@@ -4,6 +4,8 @@ cases, AND-combination with the correction, the unchanged denominator and the me
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from helpers import correction_output, random_inputs
 
@@ -224,3 +226,18 @@ def test_a_criterion_given_twice_or_not_as_a_string_is_refused():
         resolve_config(rejection=["veto:0.5", "veto:0.5"])
     with pytest.raises(ValueError, match="must be a string"):
         resolve_config(rejection=[0.5])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.0, 3.0), token_level=st.booleans(),
+       criteria=st.lists(st.sampled_from(CRITERIA), min_size=1, max_size=4, unique=True))
+def test_any_input_and_any_criteria_give_a_finite_loss_and_fractions_in_range(seed, scale, token_level, criteria):
+    inputs = random_inputs(seed=seed, policy_scale=scale, mismatch_scale=scale)
+    loss, grad, m = run(inputs, rejection=criteria, token_level_loss=token_level, enable_vllm_is_correction=True,
+                        vllm_is_correction_type="tis")
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    for name, value in m.items():
+        if name.startswith("rejection/"):
+            assert ((value >= 0) & (value <= 1)).all(), name
+    assert m["rejection/masked_frac"] >= max(v.mean() for k, v in m.items() if k.endswith("/masked_frac")
+                                             and k.startswith("rejection/") and v.dim() == 0)
