@@ -136,7 +136,8 @@ def peer_trl(GRPOTrainer, loss_type: str, importance_sampling_level: str = "toke
     fake = types.SimpleNamespace(
         top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level=importance_sampling_level,
         beta=0.0, loss_type=loss_type, epsilon_low=epsilon_low, epsilon_high=epsilon_high,
-        args=types.SimpleNamespace(delta=None, sapo_temperature_pos=1.0, sapo_temperature_neg=1.05, steps_per_generation=1,
+        args=types.SimpleNamespace(delta=None, sapo_temperature_pos=1.0, sapo_temperature_neg=1.05,
+                                   steps_per_generation=1,
                                    **args),
         use_vllm=False, vllm_importance_sampling_correction=False, model=types.SimpleNamespace(training=True),
         current_gradient_accumulation_steps=1, accelerator=_Accelerator(), aux_loss_enabled=False,

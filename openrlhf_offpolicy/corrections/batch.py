@@ -111,9 +111,14 @@ class PolicyBatch:
         return clamp_log_ratio(self.old_log_probs - self.rollout_log_probs) * self.mask
 
     @cached_property
+    def raw_log_ratio(self) -> torch.Tensor:
+        """``log pi_theta - log pi_old`` unclamped (carries the gradient; upstream's ppo_kl reads it)."""
+        return self.log_probs - self.old_log_probs
+
+    @cached_property
     def log_ratio(self) -> torch.Tensor:
         """PPO log-ratio ``log(pi_theta / pi_old)``, clamped (carries the gradient)."""
-        return clamp_log_ratio(self.log_probs - self.old_log_probs)
+        return clamp_log_ratio(self.raw_log_ratio)
 
     @property
     def behaviour_log_probs(self) -> torch.Tensor:

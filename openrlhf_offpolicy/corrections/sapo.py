@@ -17,14 +17,10 @@ from .losses import POLICY_LOSSES, no_clipping, token_mean
 from .registry import Param, positive
 
 
-def sapo_temperature(advantages: torch.Tensor, tau_pos: float, tau_neg: float) -> torch.Tensor:
-    return torch.where(advantages > 0, tau_pos, tau_neg).to(advantages.dtype)
-
-
-def sapo_gate_weight(ratio: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """sech^2(tau (r - 1) / 2) = 4 sigmoid(z) (1 - sigmoid(z)) with z = tau (r - 1)."""
-    s = torch.sigmoid(tau * (ratio - 1))
-    return 4 * s * (1 - s)
+def _choose(condition: torch.Tensor, if_true: float, if_false: float, like: torch.Tensor) -> torch.Tensor:
+    """``where(condition, if_true, if_false)`` in ``like``'s dtype (0-d operands: no full-size fills)."""
+    return torch.where(condition, torch.tensor(if_true, dtype=like.dtype, device=like.device),
+                       torch.tensor(if_false, dtype=like.dtype, device=like.device))
 
 
 def _gate_mean(sigmoid: torch.Tensor, batch: PolicyBatch):
@@ -44,7 +40,10 @@ def _gate_mean(sigmoid: torch.Tensor, batch: PolicyBatch):
 def sapo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """loss_t = -(4/tau) sigmoid(tau (r_t - 1)) A_t; gradient weight r_t sech^2(tau (r_t - 1) / 2)."""
     ratio = batch.log_ratio.exp()
-    tau = sapo_temperature(batch.advantages, cfg.sapo_tau_pos, cfg.sapo_tau_neg)
+    positive = batch.advantages > 0
+    tau = _choose(positive, cfg.sapo_tau_pos, cfg.sapo_tau_neg, ratio)
     gate = torch.sigmoid(tau * (ratio - 1))
-    loss = -gate * (4.0 / tau) * batch.advantages
+    # -(4 / tau) A is a constant of the gradient: one multiplication stays in the autograd graph.
+    scale = _choose(positive, -4.0 / cfg.sapo_tau_pos, -4.0 / cfg.sapo_tau_neg, ratio)
+    loss = gate * (scale * batch.advantages)
     return Surrogate(loss=loss, clipped=no_clipping(batch), metrics={"sapo/gate_mean": _gate_mean(gate, batch)})

@@ -91,7 +91,7 @@ class PolicyLoss(nn.Module):
         # Upstream's four statistics now; every other diagnostic when ``metrics`` is first read.
         with torch.no_grad():
             clip_ratio = clip_fraction(surrogate, batch)
-            ppo_kl = masked_total(batch.old_log_probs - batch.log_probs.detach(), batch.mask) / batch.n_tokens
+            ppo_kl = -masked_total(batch.raw_log_ratio.detach(), batch.mask) / batch.n_tokens
             vllm_kl = is_filter_ratio = None
             if self.config.correction_enabled:
                 vllm_kl = -batch.log_rho.sum() / batch.n_tokens  # mean(log pi_roll - log pi_old), = mismatch/k1
