@@ -3,8 +3,10 @@
 Same constructor kwargs (plus the seed-style correction API and every method parameter, see
 ``corrections.config``), same ``forward`` arguments, same 5-tuple
 ``(loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio)``. With only upstream kwargs the outputs
-and gradients equal upstream's. After every call ``self.metrics`` holds the SPEC §5 diagnostics
-as detached 0-d tensors. Nothing here imports OpenRLHF.
+and gradients equal upstream's. After every call ``self.metrics`` holds the diagnostics as detached
+float32 tensors: 0-d token means, or ``[B]`` per-sequence values (see ``corrections.diagnostics``).
+They are computed when ``metrics`` is first read, from tensors the call already made, so a caller
+that does not read them does not pay for them. Nothing here imports OpenRLHF.
 """
 
 from __future__ import annotations
