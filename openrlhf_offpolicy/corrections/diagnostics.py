@@ -1,4 +1,4 @@
-"""The SPEC §5 diagnostics: detached 0-d tensors, named for wandb/tensorboard.
+"""The loss diagnostics: detached tensors (0-d token means or [B] per-sequence values), named for wandb.
 
 Mismatch between pi_roll (sampler) and pi_old (trainer), from the sampled tokens y_t ~ pi_roll
 with rho_t = pi_old / pi_roll (Schulman's estimators of KL(pi_roll || pi_old)):
