@@ -229,7 +229,7 @@ def format_rows(rows, title, extra_header="", extra=None, extra_columns=0):
     return lines
 
 
-def check_equal(label, ours, theirs, inputs):
+def check_equal(ours, theirs, inputs):
     """(|loss difference|, max |gradient difference|) of a pair on the bench tensors."""
     loss_a, grad_a = run_once(ours, inputs)
     loss_b, grad_b = run_once(theirs, inputs)
@@ -286,7 +286,7 @@ def main(argv=None):
             ours = ours_fn(PolicyLoss(**kwargs))
             theirs = make_peer(peer, factory_args, loaded)
             name = f"{label} vs {peer}"
-            loss_diff, grad_diff = check_equal(name, ours, theirs, peer_inputs)
+            loss_diff, grad_diff = check_equal(ours, theirs, peer_inputs)
             notes.append(f"{name}: |loss diff| {loss_diff:.1e}, max |grad diff| {grad_diff:.1e}")
             pairs.append((name, ours, theirs))
         if pairs:

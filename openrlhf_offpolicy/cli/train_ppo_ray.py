@@ -3,8 +3,8 @@
 Every upstream OpenRLHF 0.11.2 flag is accepted unchanged and parsed by upstream's own parser; this
 module adds (SPEC §4):
     --enable_vllm_is_correction, --vllm_is_truncated_threshold LOW HIGH, --vllm_is_correction_type,
-    --policy_loss_type, --rejection CRITERION [...], --is_batch_normalize, one --<name> per method parameter, --vllm_logprobs_topk K, --config FILE.yaml,
-    --dry_run, --no_mismatch_metrics.
+    --policy_loss_type, --rejection CRITERION [...], --is_batch_normalize, one --<name> per method
+    parameter, --vllm_logprobs_topk K, --config FILE.yaml, --dry_run, --no_mismatch_metrics.
 Our flags are validated before anything heavy is imported, so a bad value or a contradiction
 exits with status 2 and a one-line reason within a second or two, long before Ray starts.
 """

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 from helpers import random_inputs
 
 from openrlhf_offpolicy.corrections import resolve_config
@@ -68,7 +67,8 @@ def test_rejected_tokens_are_left_out_of_the_mean():
     keep = (log_rho.abs() <= 0.2) & (inputs["action_mask"] > 0)
     # is/weight_mean is sum(c) over all action tokens: mean 1 over the kept ones means sum(c) = #kept.
     n = inputs["action_mask"].sum()
-    assert with_rejection.metrics["is/weight_mean"].item() == pytest.approx((keep.sum() / n).item(), rel=1e-6)  # metrics are float32
+    expected = (keep.sum() / n).item()
+    assert with_rejection.metrics["is/weight_mean"].item() == pytest.approx(expected, rel=1e-6)  # float32 metric
 
 
 def test_batch_normalize_without_a_correction_or_with_a_non_bool_is_refused():
