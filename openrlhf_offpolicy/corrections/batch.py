@@ -120,6 +120,14 @@ class PolicyBatch:
         """PPO log-ratio ``log(pi_theta / pi_old)``, clamped (carries the gradient)."""
         return clamp_log_ratio(self.raw_log_ratio)
 
+    def without_graph(self) -> "PolicyBatch":
+        """This batch with ``log_probs`` detached and the cached tensors that carry the gradient dropped,
+        so that keeping it (for the lazily computed metrics) keeps no autograd graph alive."""
+        self.log_probs = self.log_probs.detach()
+        for name in ("raw_log_ratio", "log_ratio"):
+            self.__dict__.pop(name, None)
+        return self
+
     @property
     def behaviour_log_probs(self) -> torch.Tensor:
         """log mu: the rollout policy when its log-probs are known, else pi_old."""

@@ -98,7 +98,7 @@ class PolicyLoss(nn.Module):
             if self.config.correction_enabled:
                 vllm_kl = -batch.log_rho.sum() / batch.n_tokens  # mean(log pi_roll - log pi_old), = mismatch/k1
                 is_filter_ratio = filter_ratio(correction, batch)
-        self._pending = (batch, surrogate, correction, nonfinite, action_mask)
+        self._pending = (batch.without_graph(), surrogate.metrics, correction, nonfinite, action_mask)
         self._metrics = None
         return loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio
 
@@ -115,9 +115,9 @@ class PolicyLoss(nn.Module):
         self._metrics, self._pending = value, None
 
     @torch.no_grad()
-    def _compute_metrics(self, batch, surrogate, correction, nonfinite, action_mask) -> Dict[str, torch.Tensor]:
+    def _compute_metrics(self, batch, surrogate_metrics, correction, nonfinite, action_mask) -> Dict[str, torch.Tensor]:
         metrics = {"loss/nonfinite_frac": nonfinite / action_mask.sum().clamp(min=1.0)}
-        metrics.update(surrogate.metrics)
+        metrics.update(surrogate_metrics)
         if batch.rollout_log_probs is not None:
             metrics.update(mismatch_metrics(batch))
         metrics.update(correction.metrics)  # the correction's and the rejection criteria's own

@@ -77,3 +77,23 @@ def test_a_token_mean_is_exact_over_micro_batches_under_upstreams_token_weightin
         seq_values += part.metrics["mismatch/ppl_ratio"].tolist()
     assert total / tokens == pytest.approx(whole.metrics["mismatch/chi2_token"].item(), rel=1e-6)
     assert sum(seq_values) / 8 == pytest.approx(whole.metrics["mismatch/ppl_ratio"].mean().item(), rel=1e-6)
+
+
+def test_the_lazy_metrics_keep_no_autograd_graph_alive_and_equal_eager_values():
+    import gc
+    import weakref
+
+    inputs = random_inputs(batch=4, length=8, seed=5)
+    leaf = inputs["log_probs"].detach().clone().requires_grad_()
+    module = PolicyLoss(policy_loss_type="sapo", enable_vllm_is_correction=True, vllm_is_correction_type="tis",
+                        rejection=["seq_max_k2:0.02"])
+    factor = torch.ones_like(leaf, requires_grad=True)
+    log_probs = leaf * factor  # a non-leaf, like the actor's output; its graph saves `factor`
+    saved = weakref.ref(factor)
+    del factor
+    out = module(**{**inputs, "log_probs": log_probs})
+    del out, log_probs
+    gc.collect()
+    assert saved() is None, "the pending metrics must not hold the autograd graph"
+    first = module.metrics
+    assert module.metrics is first and {"sapo/gate_mean", "rejection/masked_frac", "is/ess"} <= set(first)
