@@ -1,6 +1,6 @@
 # make test   create .venv, install the project with every test dependency, run the suite
 # make lab    run the CPU lab (estimator bench + mismatch lab) on its defaults -> lab_results/
-# make bench  loss and top-K benchmarks against upstream OpenRLHF 0.11.2 -> bench_results/
+# make bench  loss (vs upstream OpenRLHF 0.11.2 TIS, verl 0.9.1, TRL 1.16.0) and top-K benchmarks -> bench_results/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -37,7 +37,13 @@ test: $(VENV)/.test
 lab: $(VENV)/.lab
 	$(PY) -m openrlhf_offpolicy.lab --out lab_results
 
-bench: $(VENV)/.test
+# The peers compared in bench_loss, --no-deps into their own folder (bench_loss puts it on sys.path).
+PEERS_DIR := bench_results/peers
+$(PEERS_DIR)/.installed: $(VENV)/.test
+	$(PIP) install -q --no-deps --target $(PEERS_DIR) verl==0.9.1 trl==1.16.0
+	touch $@
+
+bench: $(VENV)/.test $(PEERS_DIR)/.installed
 	$(PY) benchmarks/bench_loss.py --out bench_results
 	$(PY) benchmarks/bench_topk.py --out bench_results
 

@@ -95,7 +95,7 @@ def check_tokens(tokens: Sequence[str], ours: argparse.ArgumentParser,
         value = getattr(ns, action.dest, None)
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(v, float) and math.isnan(v):
-                raise UsageError(f"{action.option_strings[0]}: nan is not a value")
+                raise UsageError(f"{action.option_strings[0]}: nan is not a value (must be finite)")
     return ns
 
 

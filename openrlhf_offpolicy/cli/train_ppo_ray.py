@@ -3,7 +3,8 @@
 Every upstream OpenRLHF 0.11.2 flag is accepted unchanged and parsed by upstream's own parser; this
 module adds (see the README, "Our flags"):
     --enable_vllm_is_correction, --vllm_is_truncated_threshold LOW HIGH, --vllm_is_correction_type,
-    --policy_loss_type, one --<name> per method parameter, --vllm_logprobs_topk K, --config FILE.yaml,
+    --policy_loss_type, --rejection CRITERION [...], --is_batch_normalize, one --<name> per method
+    parameter, --vllm_logprobs_topk K, --config FILE.yaml,
     --dry_run, --no_mismatch_metrics, --uniform_scale (with --algo.advantage.estimator reinforce_max).
 The seed fork's OpenRLHF 0.9.x flat flags (``--pretrain``, ...) are translated to 0.11.2's, one
 stderr line each (``integration.legacy_flags``). Every flag, ours and upstream's, is validated
@@ -50,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="band [LOW, HIGH] of the correction statistic (a single value: [0, HIGH]); "
                         "default 0.5 5.0")
     parser.add_argument("--vllm_is_correction_type", choices=correction_choices(), help="mismatch correction")
+    parser.add_argument("--rejection", nargs="+", metavar="CRITERION",
+                        help="reject tokens/sequences by the mismatch, AND-combined with each other and the "
+                        "correction: AGG_METRIC:HIGH or AGG_METRIC:LOW:HIGH (AGG token/seq_sum/seq_mean/seq_max, "
+                        "METRIC k1/k2/k3), token_kpop:PHI, opsm:DELTA, veto:LOW")
+    parser.add_argument("--is_batch_normalize", action="store_true",
+                        help="rescale the correction's IS weights to mean 1 over each loss call")
     parser.add_argument("--policy_loss_type", choices=POLICY_LOSSES.names(),
                         help="policy loss (overrides --actor.policy_loss_type, which knows ppo/gspo only)")
     parser.add_argument("--vllm_logprobs_topk", type=int, default=0, metavar="K",
@@ -156,6 +163,10 @@ def settings_from(ns: argparse.Namespace) -> OffPolicySettings:
         loss_kwargs["vllm_is_correction_type"] = ns.vllm_is_correction_type
     if ns.vllm_is_truncated_threshold is not None:
         loss_kwargs["vllm_is_truncated_threshold"] = list(ns.vllm_is_truncated_threshold)
+    if ns.rejection:
+        loss_kwargs["rejection"] = list(ns.rejection)
+    if ns.is_batch_normalize:
+        loss_kwargs["is_batch_normalize"] = True
     for name in method_params():
         if hasattr(ns, name):
             value = getattr(ns, name)

@@ -112,9 +112,22 @@ class PolicyBatch:
         return clamp_log_ratio(self.old_log_probs - self.rollout_log_probs) * self.mask
 
     @cached_property
+    def raw_log_ratio(self) -> torch.Tensor:
+        """``log pi_theta - log pi_old`` unclamped (carries the gradient; upstream's ppo_kl reads it)."""
+        return self.log_probs - self.old_log_probs
+
+    @cached_property
     def log_ratio(self) -> torch.Tensor:
         """PPO log-ratio ``log(pi_theta / pi_old)``, clamped (carries the gradient)."""
-        return clamp_log_ratio(self.log_probs - self.old_log_probs)
+        return clamp_log_ratio(self.raw_log_ratio)
+
+    def without_graph(self) -> "PolicyBatch":
+        """This batch with ``log_probs`` detached and the cached tensors that carry the gradient dropped,
+        so that keeping it (for the lazily computed metrics) keeps no autograd graph alive."""
+        self.log_probs = self.log_probs.detach()
+        for name in ("raw_log_ratio", "log_ratio"):
+            self.__dict__.pop(name, None)
+        return self
 
     @property
     def behaviour_log_probs(self) -> torch.Tensor:
@@ -131,20 +144,30 @@ class Correction:
     rejected:  ``[B, T]`` bool, tokens whose contribution the gate removed.
     filtered:  out-of-band units (rejected or clamped), ``[B, T]`` for a token-level gate or
                ``[B]`` for a sequence-level one; this is upstream's ``is_filter_ratio`` unit.
+    metrics:   diagnostics; a value may be a zero-argument callable, evaluated only when
+               ``PolicyLoss.metrics`` is read.
+    weight_level: "token" when each token carries its own weight, "sequence" when every kept
+               token of a sequence carries the sequence's weight (what ``--is_batch_normalize``
+               averages over).
     """
 
     coef: torch.Tensor
     rejected: torch.Tensor
     filtered: torch.Tensor
+    weight_level: str = "token"
     metrics: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
 class Surrogate:
-    """What a policy loss returns: the per-token loss (with gradient) and its clipped tokens."""
+    """What a policy loss returns: the per-token loss (with gradient) and its clipped tokens.
+
+    ``clipped`` is None for a loss that never clips. A metric may be a zero-argument callable,
+    evaluated only when ``PolicyLoss.metrics`` is read.
+    """
 
     loss: torch.Tensor
-    clipped: torch.Tensor
+    clipped: Optional[torch.Tensor]
     metrics: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -191,12 +214,15 @@ def make_policy_batch(
     log_probs = log_probs.to(dtype)
     inputs = {k: v.detach().to(dtype) for k, v in inputs.items()}
 
-    # One pass decides whether anything is non-finite: NaN/Inf in any input makes the sum
-    # non-finite, and x - x is 0 exactly for finite x. The common all-finite case copies nothing.
-    total = log_probs.detach() + sum(inputs.values())
-    finite = (total - total) == 0
-    if bool(finite.all()):
+    # A NaN/Inf anywhere makes that input's sum non-finite: one read-only reduction per input and
+    # one synchronisation decide the common all-finite case, which copies nothing. A finite sum can
+    # still overflow to inf; the elementwise check below then finds every entry finite.
+    tensors = [log_probs.detach(), *inputs.values()]
+    if bool(torch.isfinite(torch.stack([t.sum() for t in tensors])).all()):
         return PolicyBatch(log_probs=log_probs, mask=mask, topk=topk, **inputs), mask, 0
+    finite = torch.ones(shape, dtype=torch.bool, device=log_probs.device)
+    for t in tensors:
+        finite &= torch.isfinite(t)
     valid = finite & (mask > 0)
     zero = torch.zeros((), dtype=dtype, device=log_probs.device)
     batch = PolicyBatch(

@@ -10,9 +10,8 @@ bounds on r (the report uses no lower bound in practice: lo = 0).
 from __future__ import annotations
 
 from .batch import PolicyBatch, Surrogate
-from .losses import POLICY_LOSSES, token_mean
+from .losses import POLICY_LOSSES, lazy_token_mean
 from .registry import Param, range_around_one
-from .stats import in_band
 
 
 @POLICY_LOSSES.register(
@@ -37,6 +36,6 @@ def cispo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """loss_t = -sg(clamp(r_t, lo, hi)) A_t log pi_theta(y_t); gradient weight clamp(r_t, lo, hi)."""
     lo, hi = cfg.params.cispo_clip_range
     ratio = batch.log_ratio.detach().exp()
-    clipped = ~in_band(ratio, lo, hi) & batch.on
+    clipped = (ratio < lo) | (ratio > hi)  # on every position; clip_ratio and the metric mask it
     loss = -ratio.clamp(min=lo, max=hi) * batch.advantages * batch.log_probs
-    return Surrogate(loss=loss, clipped=clipped, metrics={"cispo/clipped_frac": token_mean(clipped, batch)})
+    return Surrogate(loss=loss, clipped=clipped, metrics={"cispo/clipped_frac": lazy_token_mean(clipped, batch)})

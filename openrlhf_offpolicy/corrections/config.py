@@ -23,6 +23,7 @@ from .divergences import DIVERGENCES
 from .gates import CORRECTIONS, NO_CORRECTION
 from .losses import POLICY_LOSSES
 from .registry import Param, float32_problem
+from .rejection import Criterion, parse_rejection
 
 DEFAULT_THRESHOLD = (0.5, 5.0)
 
@@ -114,6 +115,8 @@ class OffPolicyConfig:
     token_level_loss: bool = True
     anchor_on_rollout: bool = False
     params: Any = field(default_factory=lambda: resolve_method_params({}))
+    rejection: Tuple[Criterion, ...] = ()  # composable rejection criteria (corrections.rejection)
+    is_batch_normalize: bool = False  # rescale the correction's weights to mean 1 (corrections.normalize)
 
     def param(self, name: str) -> Any:
         """The value of method parameter ``name`` (AttributeError if no method declares it)."""
@@ -151,7 +154,7 @@ class OffPolicyConfig:
     @property
     def needs_rollout_log_probs(self) -> bool:
         """pi_roll is required: the loss raises without it."""
-        return self.correction_enabled or self.anchor_on_rollout
+        return self.correction_enabled or self.anchor_on_rollout or bool(self.rejection)
 
     @property
     def reads_rollout_log_probs(self) -> bool:
@@ -170,6 +173,7 @@ class OffPolicyConfig:
     def describe(self) -> Dict[str, Any]:
         """A flat, printable view (for ``--dry_run`` and run names)."""
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "params"}
+        out["rejection"] = [c.name for c in self.rejection]
         out.update(dict(self.params))
         return out
 
@@ -320,6 +324,8 @@ def resolve_config(
     enable_vllm_is_correction: bool = False,
     vllm_is_truncated_threshold: Optional[Sequence[float]] = DEFAULT_THRESHOLD,
     vllm_is_correction_type: str = "tis",
+    rejection: Optional[Sequence[str]] = None,
+    is_batch_normalize: bool = False,
     **method_kwargs: Any,
 ) -> OffPolicyConfig:
     """Validate every argument and return the resolved configuration (ValueError on bad input)."""
@@ -336,6 +342,12 @@ def resolve_config(
         vllm_is_correction_type=vllm_is_correction_type,
     )
     correction, anchor_on_rollout = combine_loss_and_correction(loss, correction)
+    criteria = parse_rejection(rejection)
+    if not isinstance(is_batch_normalize, bool):
+        raise ValueError(f"is_batch_normalize must be True or False, got {is_batch_normalize!r}")
+    if is_batch_normalize and correction == NO_CORRECTION:
+        raise ValueError("is_batch_normalize rescales a correction's IS weights, but no correction is selected "
+                         "(enable_vllm_is_correction / is_correction_level)")
     config = OffPolicyConfig(
         policy_loss_type=loss.name,
         correction=correction,
@@ -346,6 +358,8 @@ def resolve_config(
         token_level_loss=bool(token_level_loss) and not loss.sequence_level,
         anchor_on_rollout=anchor_on_rollout,
         params=params,
+        rejection=criteria,
+        is_batch_normalize=bool(is_batch_normalize),
     )
     for entry in (config.correction_entry, config.loss_entry):
         if getattr(entry, "validate", None) is not None:

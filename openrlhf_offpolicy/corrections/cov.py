@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 
 from .batch import PolicyBatch, Surrogate
-from .losses import POLICY_LOSSES, token_mean
+from .losses import POLICY_LOSSES, lazy_token_mean
 from .ppo import clipped_surrogate
 from .registry import Param, positive, unit_interval
 
@@ -90,7 +90,7 @@ def clip_cov_loss(batch: PolicyBatch, cfg) -> Surrogate:
         selected[chosen[:, 0], chosen[:, 1]] = True
     loss = ppo.loss * (~selected).to(ppo.loss.dtype)
     return Surrogate(
-        loss=loss, clipped=clipped | selected, metrics={"clip_cov/selected_frac": token_mean(selected, batch)}
+        loss=loss, clipped=clipped | selected, metrics={"clip_cov/selected_frac": lazy_token_mean(selected, batch)}
     )
 
 
@@ -121,4 +121,4 @@ def kl_cov_loss(batch: PolicyBatch, cfg) -> Surrogate:
         top = torch.topk(cov, selection_count(cfg.params.kl_cov_ratio, n_valid), largest=True).indices
         selected.view(-1)[valid_index[top]] = True
     loss = loss + cfg.params.kl_cov_coef * log_ratio.abs() * selected
-    return Surrogate(loss=loss, clipped=selected, metrics={"kl_cov/selected_frac": token_mean(selected, batch)})
+    return Surrogate(loss=loss, clipped=selected, metrics={"kl_cov/selected_frac": lazy_token_mean(selected, batch)})

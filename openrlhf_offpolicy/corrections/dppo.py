@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from .batch import PolicyBatch, Surrogate
 from .divergences import DIVERGENCES
-from .losses import POLICY_LOSSES, token_mean
+from .losses import POLICY_LOSSES, lazy_token_mean
 from .registry import Param, at_least_one, positive
 from .stats import safe_exp
 
@@ -73,4 +73,4 @@ def dppo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     weight = ratio.clamp(max=cfg.params.dppo_ratio_cap) * keep
     loss = -weight * batch.advantages * batch.log_probs
     masked = ~keep & batch.on
-    return Surrogate(loss=loss, clipped=masked, metrics={"dppo/masked_frac": token_mean(masked, batch)})
+    return Surrogate(loss=loss, clipped=masked, metrics={"dppo/masked_frac": lazy_token_mean(masked, batch)})

@@ -13,7 +13,7 @@ no ratio, no clip, aggregated like every other loss. The gradient is -1[A_t > 0]
 from __future__ import annotations
 
 from .batch import PolicyBatch, Surrogate
-from .losses import POLICY_LOSSES, no_clipping, token_mean
+from .losses import POLICY_LOSSES, lazy_token_mean, no_clipping
 
 
 @POLICY_LOSSES.register(
@@ -29,5 +29,5 @@ def expert_iteration_loss(batch: PolicyBatch, cfg) -> Surrogate:
     kept = batch.advantages > 0
     loss = -kept.to(batch.log_probs.dtype) * batch.log_probs
     return Surrogate(
-        loss=loss, clipped=no_clipping(batch), metrics={"expert_iteration/kept_frac": token_mean(kept & batch.on, batch)}
+        loss=loss, clipped=no_clipping(batch), metrics={"expert_iteration/kept_frac": lazy_token_mean(kept & batch.on, batch)}
     )

@@ -26,7 +26,7 @@ import math
 import torch
 
 from .batch import PolicyBatch, Surrogate
-from .losses import POLICY_LOSSES, no_clipping, token_mean
+from .losses import POLICY_LOSSES, no_clipping, lazy_token_mean
 from .registry import Param, Registry, positive, unit_interval
 
 KERNELS = Registry("IS-Reshape kernel")
@@ -100,5 +100,5 @@ def is_reshape_loss(batch: PolicyBatch, cfg) -> Surrogate:
     loss = -batch.advantages * ((1 - g) * log_ratio + g * integral)
     weight = (1 - g) + g * ratio.detach() * kernel.detach()
     return Surrogate(
-        loss=loss, clipped=no_clipping(batch), metrics={"is_reshape/weight_mean": token_mean(weight, batch)}
+        loss=loss, clipped=no_clipping(batch), metrics={"is_reshape/weight_mean": lazy_token_mean(weight, batch)}
     )

@@ -71,10 +71,17 @@ POLICY_LOSSES = Registry(
 )
 
 
-def no_clipping(batch) -> torch.Tensor:
-    return torch.zeros_like(batch.mask, dtype=torch.bool)
+def no_clipping(batch) -> None:
+    """``Surrogate.clipped`` of a loss that never clips (upstream's clip_ratio is then 0)."""
+    return None
 
 
 def token_mean(x: torch.Tensor, batch) -> torch.Tensor:
     """Detached mean of a diagnostic over the batch's valid action tokens."""
     return masked_mean(x.detach().float(), batch.mask)
+
+
+def lazy_token_mean(x: torch.Tensor, batch) -> Callable[[], torch.Tensor]:
+    """``token_mean`` computed only when the metric is read (``PolicyLoss.metrics`` calls it)."""
+    x = x.detach()
+    return lambda: token_mean(x, batch)

@@ -17,14 +17,16 @@ from .losses import POLICY_LOSSES, no_clipping, token_mean
 from .registry import Param, positive
 
 
-def sapo_temperature(advantages: torch.Tensor, tau_pos: float, tau_neg: float) -> torch.Tensor:
-    return torch.where(advantages > 0, torch.full_like(advantages, tau_pos), torch.full_like(advantages, tau_neg))
+def _choose(condition: torch.Tensor, if_true: float, if_false: float, like: torch.Tensor) -> torch.Tensor:
+    """``where(condition, if_true, if_false)`` in ``like``'s dtype (0-d operands: no full-size fills)."""
+    return torch.where(condition, torch.tensor(if_true, dtype=like.dtype, device=like.device),
+                       torch.tensor(if_false, dtype=like.dtype, device=like.device))
 
 
-def sapo_gate_weight(ratio: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """sech^2(tau (r - 1) / 2) = 4 sigmoid(z) (1 - sigmoid(z)) with z = tau (r - 1)."""
-    s = torch.sigmoid(tau * (ratio - 1))
-    return 4 * s * (1 - s)
+def _gate_mean(sigmoid: torch.Tensor, batch: PolicyBatch):
+    """mean_t 4 s (1 - s) from the loss's own sigmoid s, read lazily: sapo/gate_mean."""
+    s = sigmoid.detach()
+    return lambda: token_mean(4 * s * (1 - s), batch)
 
 
 @POLICY_LOSSES.register(
@@ -43,7 +45,10 @@ def sapo_gate_weight(ratio: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
 def sapo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """loss_t = -(4/tau) sigmoid(tau (r_t - 1)) A_t; gradient weight r_t sech^2(tau (r_t - 1) / 2)."""
     ratio = batch.log_ratio.exp()
-    tau = sapo_temperature(batch.advantages, cfg.params.sapo_tau_pos, cfg.params.sapo_tau_neg)
-    loss = -(4.0 / tau) * torch.sigmoid(tau * (ratio - 1)) * batch.advantages
-    gate = sapo_gate_weight(ratio.detach(), tau)
-    return Surrogate(loss=loss, clipped=no_clipping(batch), metrics={"sapo/gate_mean": token_mean(gate, batch)})
+    positive = batch.advantages > 0
+    tau = _choose(positive, cfg.params.sapo_tau_pos, cfg.params.sapo_tau_neg, ratio)
+    gate = torch.sigmoid(tau * (ratio - 1))
+    # -(4 / tau) A is a constant of the gradient: one multiplication stays in the autograd graph.
+    scale = _choose(positive, -4.0 / cfg.params.sapo_tau_pos, -4.0 / cfg.params.sapo_tau_neg, ratio)
+    loss = gate * (scale * batch.advantages)
+    return Surrogate(loss=loss, clipped=no_clipping(batch), metrics={"sapo/gate_mean": _gate_mean(gate, batch)})

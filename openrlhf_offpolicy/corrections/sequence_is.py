@@ -79,7 +79,8 @@ def seq_truncated_is(batch: PolicyBatch, cfg) -> Correction:
     weight = clamp_log_ratio(log_rho_seq).exp().clamp(min=low, max=high)
     clamped_seq = ~log_in_band(log_rho_seq, low, high)
     rejected = torch.zeros_like(batch.mask, dtype=torch.bool)
-    return Correction(coef=broadcast_seq(weight, batch.mask) * batch.mask, rejected=rejected, filtered=clamped_seq)
+    return Correction(coef=broadcast_seq(weight, batch.mask) * batch.mask, rejected=rejected, filtered=clamped_seq,
+                      weight_level="sequence")
 
 
 @CORRECTIONS.register(
@@ -98,4 +99,6 @@ def seq_masked_is(batch: PolicyBatch, cfg) -> Correction:
     keep = log_in_band(log_rho_seq, low, high)
     # A kept rho(y) lies in [low, high], so this exp cannot overflow.
     weight = broadcast_seq(clamp_log_ratio(log_rho_seq).exp(), batch.mask)
-    return sequence_gate(batch, keep, weight)
+    out = sequence_gate(batch, keep, weight)
+    out.weight_level = "sequence"
+    return out

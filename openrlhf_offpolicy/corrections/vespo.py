@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 import torch
 
 from .batch import PolicyBatch, Surrogate
-from .losses import POLICY_LOSSES, no_clipping, token_mean
+from .losses import POLICY_LOSSES, lazy_token_mean, no_clipping
 from .registry import Param
 from .stats import broadcast_seq, seq_sum
 
@@ -65,4 +65,4 @@ def vespo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     lam = torch.where(nonneg, lam_pos, lam_neg).to(batch.log_probs.dtype)
     phi = vespo_weight(broadcast_seq(log_w, batch.mask), k, lam)
     loss = -phi * batch.advantages * batch.log_probs
-    return Surrogate(loss=loss, clipped=no_clipping(batch), metrics={"vespo/phi_mean": token_mean(phi, batch)})
+    return Surrogate(loss=loss, clipped=no_clipping(batch), metrics={"vespo/phi_mean": lazy_token_mean(phi, batch)})

@@ -67,6 +67,8 @@ class OffPolicySettings:
         self._check_topk(config, args)
         if config.needs_rollout_log_probs and not vllm_enabled(args):
             what = config.correction if config.correction_enabled else f"{config.policy_loss_type} with a correction"
+            if config.rejection and not config.correction_enabled:
+                what = "--rejection " + " ".join(c.name for c in config.rejection)
             raise ValueError(
                 f"{what} needs the rollout log-probs pi_roll that only vLLM engines produce, "
                 "but vLLM is off (--vllm.num_engines is unset or 0)"

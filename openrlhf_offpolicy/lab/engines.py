@@ -135,7 +135,8 @@ class Trainer:
             loss.backward()
             stats = {"policy_loss": loss, "ppo_clip_ratio": clip_ratio, **self.loss_fn.metrics}
             for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach()) / self.micro_batches
+                # per-sequence metrics are [B] vectors: their mean is the micro-batch's value
+                sums[key] = sums.get(key, 0.0) + float(value.detach().float().mean()) / self.micro_batches
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         self.optimizer.step()
         self.updates += 1

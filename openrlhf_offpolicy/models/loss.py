@@ -3,8 +3,10 @@
 Same constructor kwargs (plus the seed-style correction API and every method parameter, see
 ``corrections.config``), same ``forward`` arguments, same 5-tuple
 ``(loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio)``. With only upstream kwargs the outputs
-and gradients equal upstream's. After every call ``self.metrics`` holds the diagnostics of the README's metric table
-as detached 0-d tensors. Nothing here imports OpenRLHF.
+and gradients equal upstream's. After every call ``self.metrics`` holds the diagnostics as detached
+float32 tensors: 0-d token means, or ``[B]`` per-sequence values (see ``corrections.diagnostics``).
+They are computed when ``metrics`` is first read, from tensors the call already made, so a caller
+that does not read them does not pay for them. Nothing here imports OpenRLHF.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from ..corrections import CORRECTIONS, POLICY_LOSSES, TopK, aggregate_loss, make
 from ..corrections.batch import make_policy_batch
 from ..corrections.config import UPSTREAM_GATES, correction_choices
 from ..corrections.diagnostics import correction_metrics, filter_ratio, mismatch_metrics
+from ..corrections.normalize import batch_normalize
+from ..corrections.rejection import apply_rejection
+from ..corrections.diagnostics import (clip_fraction, correction_metrics, filter_ratio, masked_total,
+                                      mismatch_metrics)
 
 
 TOPK_ARGUMENTS = ("rollout_topk_ids", "rollout_topk_log_probs", "topk_log_probs", "action_ids")
@@ -41,6 +47,9 @@ ARGUMENT_HELP = {
     "enable_vllm_is_correction": "0.9.x fork API: turn on vllm_is_correction_type",
     "vllm_is_truncated_threshold": "0.9.x fork API: [LOW, HIGH] band of the correction statistic",
     "vllm_is_correction_type": "0.9.x fork API: the mismatch correction (with enable_vllm_is_correction=True)",
+    "rejection": "composable rejection criteria, e.g. ('seq_max_k2:0.05', 'token_k1:-2:2'), AND-combined with "
+                 "the correction (README, 'Rejection criteria and batch-normalised weights')",
+    "is_batch_normalize": "rescale the correction's IS weights to mean 1 over the loss call",
 }
 
 
@@ -101,6 +110,8 @@ class PolicyLoss(nn.Module):
         enable_vllm_is_correction: bool = False,
         vllm_is_truncated_threshold: Optional[Sequence[float]] = (0.5, 5.0),
         vllm_is_correction_type: str = "tis",
+        rejection: Optional[Sequence[str]] = None,
+        is_batch_normalize: bool = False,
         **method_params: Any,
     ) -> None:
         super().__init__()
@@ -112,11 +123,13 @@ class PolicyLoss(nn.Module):
             is_correction_gating=is_correction_gating, is_correction_threshold=is_correction_threshold,
             enable_vllm_is_correction=enable_vllm_is_correction,
             vllm_is_truncated_threshold=vllm_is_truncated_threshold,
-            vllm_is_correction_type=vllm_is_correction_type, **method_params,
+            vllm_is_correction_type=vllm_is_correction_type, rejection=rejection,
+            is_batch_normalize=is_batch_normalize, **method_params,
         )
         self.surrogate = POLICY_LOSSES.get(self.config.policy_loss_type).fn
         self.correction = CORRECTIONS.get(self.config.correction).fn
-        self.metrics: Dict[str, torch.Tensor] = {}
+        self._pending = None  # what the last forward left for the lazily computed metrics
+        self._metrics: Optional[Dict[str, torch.Tensor]] = {}
         # Upstream attribute names, for code that reads them off the module.
         self.policy_loss_type = self.config.policy_loss_type
         self.token_level_loss = self.config.token_level_loss
@@ -152,31 +165,51 @@ class PolicyLoss(nn.Module):
 
         surrogate = self.surrogate(batch, self.config)
         correction = self.correction(batch, self.config)
+        correction = apply_rejection(correction, batch, self.config.rejection)
+        correction = batch_normalize(correction, batch, self.config.is_batch_normalize)
         per_token = surrogate.loss * correction.coef  # coef is 0 off the mask and on non-finite tokens
-        loss = aggregate_loss(
-            per_token, action_mask, self.config.token_level_loss, dp_size, batch_num_tokens, global_batch_size
-        )
+        loss = aggregate_loss(per_token, action_mask, self.config.token_level_loss, dp_size, batch_num_tokens,
+                              global_batch_size, premasked=True)
 
+        # Upstream's four statistics now; every other diagnostic when ``metrics`` is first read.
         with torch.no_grad():
-            clip_ratio = (surrogate.clipped & batch.on).sum() / batch.n_tokens
-            ppo_kl = ((batch.old_log_probs - batch.log_probs.detach()) * batch.mask).sum() / batch.n_tokens
-            metrics = {"loss/nonfinite_frac": nonfinite / action_mask.sum().clamp(min=1.0)}
-            metrics.update(surrogate.metrics)
+            clip_ratio = clip_fraction(surrogate, batch)
+            ppo_kl = -masked_total(batch.raw_log_ratio.detach(), batch.mask) / batch.n_tokens
             vllm_kl = is_filter_ratio = None
-            if batch.rollout_log_probs is not None:
-                metrics.update(mismatch_metrics(batch))
             if self.config.correction_enabled:
-                metrics.update(correction_metrics(correction, batch))
-                metrics.update(correction.metrics)
-                vllm_kl = metrics["mismatch/k1"]  # mean(log pi_roll - log pi_old), upstream's vllm_kl
+                vllm_kl = -batch.log_rho.sum() / batch.n_tokens  # mean(log pi_roll - log pi_old), = mismatch/k1
                 is_filter_ratio = filter_ratio(correction, batch)
-            self.metrics = {k: torch.as_tensor(v).detach().float() for k, v in metrics.items()}
+        self._pending = (batch.without_graph(), surrogate.metrics, correction, nonfinite, action_mask)
+        self._metrics = None
         return loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio
 
     @staticmethod
     def help() -> None:
         """Print every keyword argument with its default and valid values."""
         print(arguments_help())
+
+    @property
+    def metrics(self) -> Dict[str, torch.Tensor]:
+        """The diagnostics of the last ``forward`` (detached float32 tensors), computed on first read."""
+        if self._metrics is None:
+            self._metrics = self._compute_metrics(*self._pending) if self._pending is not None else {}
+            self._pending = None
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, value: Dict[str, torch.Tensor]) -> None:
+        self._metrics, self._pending = value, None
+
+    @torch.no_grad()
+    def _compute_metrics(self, batch, surrogate_metrics, correction, nonfinite, action_mask) -> Dict[str, torch.Tensor]:
+        metrics = {"loss/nonfinite_frac": nonfinite / action_mask.sum().clamp(min=1.0)}
+        metrics.update(surrogate_metrics)
+        if batch.rollout_log_probs is not None:
+            metrics.update(mismatch_metrics(batch))
+        metrics.update(correction.metrics)  # the correction's and the rejection criteria's own
+        if self.config.correction_enabled:
+            metrics.update(correction_metrics(correction, batch))
+        return {k: torch.as_tensor(v() if callable(v) else v).detach().float() for k, v in metrics.items()}
 
     def _topk(self, log_probs, extra) -> Optional[TopK]:
         unknown = sorted(set(extra) - set(TOPK_ARGUMENTS))

@@ -41,6 +41,15 @@ def test_dry_run_resolves_upstream_and_our_flags(capsys):
     assert out["offpolicy"]["policy_loss"]["clip_eps_high"] == 0.28
 
 
+def test_rejection_and_batch_normalize_reach_the_policy_loss(capsys):
+    status, out = dry_run(MINIMAL_UPSTREAM_ARGV + [
+        "--enable_vllm_is_correction", "--is_batch_normalize", "--rejection", "seq_max_k2:0.05", "veto:0.1"], capsys)
+    assert status == 0, out
+    loss = out["offpolicy"]["policy_loss"]
+    assert loss["rejection"] == ["seq_max_k2:0.05", "veto:0.1"] and loss["is_batch_normalize"] is True
+    assert out["offpolicy"]["settings"]["loss_kwargs"]["rejection"] == ["seq_max_k2:0.05", "veto:0.1"]
+
+
 def test_explicit_wandb_names_are_kept(capsys):
     status, out = dry_run(MINIMAL_UPSTREAM_ARGV + ["--logger.wandb.group", "mine", "--logger.wandb.run_name", "r1"],
                           capsys)
@@ -201,6 +210,9 @@ BAD_INPUT = [
     (["--policy_loss_type", "sapo", "--sapo_tau_pos", "0"], "sapo_tau_pos=0.0: must be > 0"),
     (["--enable_vllm_is_correction", "--vllm_is_correction_type", "trm", "--trm_max_delta", "-1"],
      "trm_max_delta=-1.0: must be > 0"),
+    (["--rejection", "seq_max_k1:0.1"], "seq_max takes k2 or k3 only"),
+    (["--rejection", "token_k2:0.1", "--vllm.num_engines", "0"], "--rejection token_k2:0.1 needs the rollout"),
+    (["--is_batch_normalize"], "no correction is selected"),
     (["--enable_vllm_is_correction", "--vllm_is_correction_type", "trm", "--trm_max_delta", "none"],
      "trm_max_delta or trm_avg_delta"),
     (["--dppo_divergence", "k2"], "invalid choice: 'k2'"),

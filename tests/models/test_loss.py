@@ -199,7 +199,7 @@ def test_an_all_masked_batch_gives_zero_loss_and_a_finite_zero_gradient(loss, co
         out[0].backward()
         assert out[0].item() == 0.0
         assert torch.equal(inputs["log_probs"].grad, torch.zeros_like(inputs["log_probs"]))
-        assert all(torch.isfinite(v) for v in module.metrics.values())
+        assert all(torch.isfinite(v).all() for v in module.metrics.values())
 
 
 @pytest.mark.parametrize("loss,corr", COMBINATIONS)
@@ -218,7 +218,7 @@ def test_non_finite_log_probs_are_masked_and_counted_never_nan(loss, corr):
     assert torch.isfinite(inputs["log_probs"].grad).all()
     assert inputs["log_probs"].grad[0, 1] == 0
     assert module.metrics["loss/nonfinite_frac"].item() == pytest.approx(4 / 24)
-    assert all(torch.isfinite(v) for v in module.metrics.values())
+    assert all(torch.isfinite(v).all() for v in module.metrics.values())
     for v in out[1:]:
         assert v is None or torch.isfinite(v)
 
@@ -247,7 +247,7 @@ def test_log_ratios_of_plus_minus_100_do_not_overflow(loss, corr, shift):
     out = module(**inputs)
     out[0].backward()
     assert torch.isfinite(out[0]) and torch.isfinite(inputs["log_probs"].grad).all()
-    assert all(torch.isfinite(v) for v in module.metrics.values())
+    assert all(torch.isfinite(v).all() for v in module.metrics.values())
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -297,6 +297,7 @@ def test_unknown_forward_arguments_are_rejected():
 # ----------------------------------------------------------------------------- metrics & theory
 CORRECTION_METRICS = {"is/weight_mean", "is/weight_max", "is/ess", "is/token_masked_frac", "is/seq_masked_frac",
                 "mismatch/k1", "mismatch/k3", "mismatch/max_k2"}
+PER_SEQUENCE_METRICS = {"mismatch/chi2_seq", "mismatch/ppl_ratio"}
 
 
 @pytest.mark.parametrize("loss,corr", COMBINATIONS)
@@ -308,8 +309,11 @@ def test_metrics_carry_the_spec_names_as_detached_scalars(loss, corr):
         assert CORRECTION_METRICS <= names
     assert {"mismatch/k1", "mismatch/k3", "mismatch/max_k2"} <= names
     assert set(module.config.metric_names) <= names, "a registered metric is missing"
-    for v in module.metrics.values():
-        assert v.dim() == 0 and not v.requires_grad
+    batch = random_inputs(seed=13)["log_probs"].shape[0]
+    for name, v in module.metrics.items():
+        assert not v.requires_grad
+        # per-sequence metrics are [B] vectors (exact under upstream's per-sample reduction)
+        assert v.shape == ((batch,) if name in PER_SEQUENCE_METRICS else ()), name
 
 
 def test_mismatch_metrics_match_their_definitions():
