@@ -35,6 +35,7 @@ def dppo_mask(advantages, ratio, divergence, delta):
 @POLICY_LOSSES.register(
     "dppo",
     accepts_correction=False,
+    reads_rollout=True,
     source="DPPO: 'Rethinking the Trust Region in LLM RL', arXiv 2602.04879",
     params=(
         Param(

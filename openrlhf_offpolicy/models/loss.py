@@ -3,8 +3,11 @@
 Same constructor kwargs (plus the seed-style correction API and every method parameter, see
 ``corrections.config``), same ``forward`` arguments, same 5-tuple
 ``(loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio)``. With only upstream kwargs the outputs
-and gradients equal upstream's. After every call ``self.metrics`` holds the SPEC §5 diagnostics
-as detached 0-d tensors. Nothing here imports OpenRLHF.
+and gradients equal upstream's. After every call ``self.statistics`` holds every metric of the
+micro-batch as a statistic that reduces exactly over a training step (``corrections.metrics``),
+including upstream's ``ppo_clip_ratio`` / ``ppo_kl`` / ``vllm_kl`` / ``is_filter_ratio``, and
+``self.metrics`` the diagnostics' values on this micro-batch as detached 0-d tensors. Nothing here
+imports OpenRLHF.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import torch.nn as nn
 from ..corrections import CORRECTIONS, POLICY_LOSSES, TopK, aggregate_loss, make_topk, resolve_config
 from ..corrections.batch import make_policy_batch
 from ..corrections.diagnostics import correction_metrics, filter_ratio, mismatch_metrics
+from ..corrections.metrics import Mean, Statistic, as_statistic, token_mean
 
 
 TOPK_ARGUMENTS = ("rollout_topk_ids", "rollout_topk_log_probs", "topk_log_probs", "action_ids")
 # Upstream 0.11.2's constructor order, so positional calls keep working.
+# Upstream's own outputs (training_step logs them under these names), kept out of ``metrics``.
+UPSTREAM_OUTPUTS = ("ppo_clip_ratio", "ppo_kl", "vllm_kl", "is_filter_ratio")
 UPSTREAM_POSITIONAL = ("clip_eps_low", "clip_eps_high", "dual_clip", "token_level_loss", "policy_loss_type",
                        "is_correction_level", "is_correction_mode", "is_correction_gating", "is_correction_threshold")
 
@@ -43,6 +49,10 @@ class PolicyLoss(nn.Module):
         self.surrogate = POLICY_LOSSES.get(self.config.policy_loss_type).fn
         self.correction = CORRECTIONS.get(self.config.correction).fn
         self.metrics: Dict[str, torch.Tensor] = {}
+        self.statistics: Dict[str, Statistic] = {}
+        # Without a correction upstream's loss never reads pi_roll: a bad value must not drop a token.
+        self.rollout_in_loss = (self.config.needs_rollout_log_probs
+                                or POLICY_LOSSES.get(self.config.policy_loss_type).reads_rollout)
         # Upstream attribute names, for code that reads them off the module.
         self.policy_loss_type = self.config.policy_loss_type
         self.token_level_loss = self.config.token_level_loss
@@ -73,7 +83,8 @@ class PolicyLoss(nn.Module):
                 "(pi_roll), but none were passed"
             )
         batch, action_mask, nonfinite = make_policy_batch(
-            log_probs, old_log_probs, advantages, action_mask, rollout_log_probs, topk
+            log_probs, old_log_probs, advantages, action_mask, rollout_log_probs,
+            topk if self.config.needs_topk else None, rollout_in_loss=self.rollout_in_loss,
         )
 
         surrogate = self.surrogate(batch, self.config)
@@ -84,20 +95,27 @@ class PolicyLoss(nn.Module):
         )
 
         with torch.no_grad():
-            clip_ratio = (surrogate.clipped & batch.on).sum() / batch.n_tokens
-            ppo_kl = ((batch.old_log_probs - batch.log_probs.detach()) * batch.mask).sum() / batch.n_tokens
-            metrics = {"loss/nonfinite_frac": nonfinite / action_mask.sum().clamp(min=1.0)}
-            metrics.update(surrogate.metrics)
-            vllm_kl = is_filter_ratio = None
+            stats = {
+                "ppo_clip_ratio": token_mean(surrogate.clipped & batch.on, batch.mask),
+                "ppo_kl": token_mean(batch.old_log_probs - batch.log_probs.detach(), batch.mask),
+                "loss/nonfinite_frac": Mean(total=torch.tensor(float(nonfinite)), count=action_mask.sum()),
+            }
+            stats.update(surrogate.metrics)
             if batch.rollout_log_probs is not None:
-                metrics.update(mismatch_metrics(batch))
+                stats.update(mismatch_metrics(batch))
+                if not self.rollout_in_loss:
+                    stats["mismatch/nonfinite_frac"] = token_mean(batch.mask - batch.rollout_on, batch.mask)
             if self.config.correction_enabled:
-                metrics.update(correction_metrics(correction, batch))
-                metrics.update(correction.metrics)
-                vllm_kl = metrics["mismatch/k1"]  # mean(log pi_roll - log pi_old), upstream's vllm_kl
-                is_filter_ratio = filter_ratio(correction, batch)
-            self.metrics = {k: torch.as_tensor(v).detach().float() for k, v in metrics.items()}
-        return loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio
+                stats.update(correction_metrics(correction, batch))
+                stats.update(correction.metrics)
+                stats["vllm_kl"] = stats["mismatch/k1"]  # mean(log pi_roll - log pi_old), upstream's vllm_kl
+                stats["is_filter_ratio"] = filter_ratio(correction, batch)
+            self.statistics = {k: as_statistic(v, batch.mask) for k, v in stats.items()}
+            values = {k: s.value().to(torch.float32) for k, s in self.statistics.items()}
+            self.metrics = {k: v for k, v in values.items() if k not in UPSTREAM_OUTPUTS}
+        vllm_kl = values.get("vllm_kl")
+        is_filter_ratio = values.get("is_filter_ratio")
+        return loss, values["ppo_clip_ratio"], values["ppo_kl"], vllm_kl, is_filter_ratio
 
     def _topk(self, log_probs, extra) -> Optional[TopK]:
         unknown = sorted(set(extra) - set(TOPK_ARGUMENTS))
