@@ -4,7 +4,7 @@ Every upstream OpenRLHF 0.11.2 flag is accepted unchanged and parsed by upstream
 module adds (SPEC §4):
     --enable_vllm_is_correction, --vllm_is_truncated_threshold LOW HIGH, --vllm_is_correction_type,
     --policy_loss_type, one --<name> per method parameter, --vllm_logprobs_topk K, --config FILE.yaml,
-    --dry_run, --no_mismatch_metrics.
+    --dry_run, --no_mismatch_metrics, --match_rollout_sampling.
 Our flags are validated before anything heavy is imported, so a bad value or a contradiction
 exits with status 2 and a one-line reason within a second or two, long before Ray starts.
 """
@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import yaml
 
 from ..corrections import POLICY_LOSSES, correction_choices, method_params
+from ..integration.sampling import with_rollout_sampling
 from ..integration.settings import OffPolicySettings
 from ..integration.upstream_args import given_flags, peek_upstream_args
 
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_mismatch_metrics", action="store_true",
                         help="request rollout log-probs from vLLM only when a method needs them "
                         "(mismatch/* metrics are then missing from runs without a correction)")
+    parser.add_argument("--match_rollout_sampling", action="store_true",
+                        help="apply the rollout's top-p truncation (--rollout.top_p) to the trainer's old and "
+                        "current log-probs, so rollout log-probs measure the engine mismatch only (trains the "
+                        "truncated policy); without it a truncated rollout with a consumer of rollout log-probs "
+                        "is refused")
     group = parser.add_argument_group("method parameters")
     for p in method_params().values():
         # SUPPRESS: a flag that is not given leaves no attribute, so "given" is distinguishable from
@@ -147,6 +153,7 @@ def settings_from(ns: argparse.Namespace) -> OffPolicySettings:
         policy_loss_type=ns.policy_loss_type,
         request_rollout_logprobs=not ns.no_mismatch_metrics,
         logprobs_topk=ns.vllm_logprobs_topk,
+        match_rollout_sampling=ns.match_rollout_sampling,
     )
 
 
@@ -154,8 +161,9 @@ def parse(argv: Sequence[str]):
     """(our namespace, settings, upstream argv) after the fast checks; UsageError/ValueError."""
     tokens = expand_config(argv)
     ours, upstream_argv = build_parser().parse_known_args(tokens)
-    settings = settings_from(ours)
-    settings.check(peek_upstream_args(upstream_argv), given_flags(upstream_argv))
+    peeked = peek_upstream_args(upstream_argv)
+    settings = with_rollout_sampling(settings_from(ours), peeked)
+    settings.check(peeked, given_flags(upstream_argv))
     return ours, settings, upstream_argv
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.abc
 import sys
 import threading
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 Callback = Callable[[object], None]
 
@@ -60,11 +60,35 @@ class _Finder(importlib.abc.MetaPathFinder):
 _FINDER = _Finder()
 
 
+_state = threading.local()
+
+
 def _fire(name: str, module) -> None:
-    with _lock:
-        callbacks = list(_callbacks.get(name, ()))
-    for callback in callbacks:
-        callback(module)
+    """Run the module's callbacks. A module imported *by* a callback (a replacement importing
+    upstream code) is handled once that callback is done, so no callback ever sees a replacement
+    module half-imported; all of this happens before the outermost import statement returns."""
+    _run(None, name, module)
+
+
+def _run(callback: Optional[Callback], name: str, module) -> None:
+    """Run ``callback`` (None: every callback of ``name``) on ``module``, deferred while another runs."""
+    pending = getattr(_state, "pending", None)
+    if pending is not None:
+        pending.append((callback, name, module))
+        return
+    _state.pending = [(callback, name, module)]
+    try:
+        while _state.pending:
+            one, current, mod = _state.pending.pop(0)
+            if one is None:
+                with _lock:
+                    callbacks = list(_callbacks.get(current, ()))
+            else:
+                callbacks = [one]
+            for cb in callbacks:
+                cb(mod)
+    finally:
+        _state.pending = None
 
 
 def imported(name: str):
@@ -83,7 +107,7 @@ def when_imported(name: str, callback: Callback) -> None:
         _callbacks.setdefault(name, []).append(callback)
     module = imported(name)
     if module is not None:
-        callback(module)
+        _run(callback, name, module)
 
 
 def clear() -> None:
