@@ -30,7 +30,7 @@ def _env(**extra):
     env = dict(os.environ)
     env.pop("OPENRLHF_OFFPOLICY_SETTINGS", None)
     env.pop("RAY_ADDRESS", None)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(STUBS), REPO])
+    env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(STUBS), REPO, HERE])
     env.update(extra)
     return env
 
@@ -66,20 +66,25 @@ def ray_cluster(tmp_path):
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-def test_worker_of_a_job_submitted_to_a_cluster_uses_our_loss(ray_cluster, tmp_path):
+@pytest.mark.parametrize("override", ["0", "1"], ids=["merge", "override"])
+def test_worker_of_a_job_submitted_to_a_cluster_uses_our_loss_then_the_users_hook(ray_cluster, tmp_path, override):
+    """The job's own worker_process_setup_hook runs after ours, with or without RAY_OVERRIDE_JOB_RUNTIME_ENV."""
     ray_bin, env, address = ray_cluster
     out = tmp_path / "report.json"
-    job_env = json.dumps({"env_vars": {"PROBE_JOB_ENV": "from-job-submit"}})
+    job_env = json.dumps({"env_vars": {"PROBE_JOB_ENV": "from-job-submit", "RAY_OVERRIDE_JOB_RUNTIME_ENV": override},
+                          "worker_process_setup_hook": "probe_user_hook.setup"})
     cmd = [ray_bin, "job", "submit", "--address", address, "--runtime-env-json", job_env, "--",
            sys.executable, os.path.join(HERE, "probe_job.py"), str(out), *CLI_ARGS]
     deadline = time.time() + 120
     while True:  # the dashboard's job server comes up a few seconds after `ray start`
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        if proc.returncode == 0 or time.time() > deadline or "Connection" not in proc.stderr + proc.stdout:
+        transient = any(m in proc.stderr + proc.stdout for m in ("Connection", "No available agent"))
+        if proc.returncode == 0 or time.time() > deadline or not transient:
             break
         time.sleep(3)
     assert proc.returncode == 0 and "probed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     _check(report)
     assert report["job_env"] == "from-job-submit", "the job's own runtime env must survive the merge"
+    assert report["user_hook_ran"] == "yes", "the job's own setup hook must run after ours"
     assert shutil.which(ray_bin)
