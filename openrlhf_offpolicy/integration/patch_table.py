@@ -93,8 +93,8 @@ PATCHES: List[Patch] = [
     Patch(_PPO_ACTOR, "PolicyLoss", _factory("wrappers:policy_loss"),
           why="ActorPPOTrainer.__init__ builds its loss from this name: our PolicyLoss with the run's settings"),
     Patch(_PPO_ACTOR, "ActorPPOTrainer.training_step", _factory("wrappers:training_step"),
-          why="the loss writes its metrics into experience.info; top-K data and the rollout truncation "
-              "are announced to the actor forward"),
+          why="the loss's step statistics go into the returned status; top-K data and the rollout "
+              "truncation are announced to the actor forward"),
     Patch(_PPO_ACTOR, "ActorPPOTrainer.ppo_train", _factory("wrappers:ppo_train"),
           why="metrics exact over the step: maxima reduced with max, ratios and ESS from reduced sums"),
     # ---- rollout log-probs
