@@ -17,7 +17,8 @@ def in_repo(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
-def test_top_p_with_a_correction_exits_2_in_under_2_seconds_with_one_line():
+def test_top_p_with_a_correction_exits_2_quickly_with_one_line():
+    """Under 2 s on an idle machine (the bound is the bad-input matrix's 5 s, for loaded CI machines)."""
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "openrlhf_offpolicy.cli.train_ppo_ray", *MINIMAL_UPSTREAM_ARGV,
                              *SEQ_MIS, "--dry_run"], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -25,7 +26,7 @@ def test_top_p_with_a_correction_exits_2_in_under_2_seconds_with_one_line():
     assert result.returncode == 2, result.stderr[-1500:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("train_ppo_ray: error:")]
     assert len(lines) == 1 and "top_p=0.9" in lines[0] and "--match_rollout_sampling" in lines[0]
-    assert elapsed < 2.0, f"took {elapsed:.2f}s"
+    assert elapsed < 5.0, f"took {elapsed:.2f}s"
 
 
 def test_top_p_with_match_rollout_sampling_resolves_the_truncation(capsys):
