@@ -96,10 +96,16 @@ def rollout_logprobs_wanted(settings: Optional[OffPolicySettings]) -> int:
 
 def sampling_params(original, settings: OffPolicySettings):
     def make_sampling_params(*args, **kwargs):
-        wanted = rollout_logprobs_wanted(patches.current())
+        from .sampling import check_generation_params
+
+        current = patches.current()
+        wanted = rollout_logprobs_wanted(current)
         if wanted:
             kwargs["logprobs"] = max(kwargs.get("logprobs") or 0, wanted)
-        return original(*args, **kwargs)
+        params = original(*args, **kwargs)
+        # custom code may pass top_k / min_p through generate_kwargs: the same check as multi-turn's
+        check_generation_params(params, current, wanted, "the rollout's sampling params")
+        return params
 
     make_sampling_params.__wrapped__ = original
     return make_sampling_params

@@ -130,3 +130,17 @@ def test_upstreams_multi_turn_executor_with_an_agent_dropping_logprobs_fails_nam
         assert "prompt 'hello there'" in str(e.value)
     finally:
         patches.undo()
+
+
+def test_single_turn_sampling_params_with_a_truncation_the_trainer_does_not_apply_are_refused():
+    from openrlhf_offpolicy.integration import patches
+
+    patches.install(OffPolicySettings())
+    try:
+        from openrlhf.trainer.ppo_utils import samples_generator
+
+        assert samples_generator.SamplingParams(temperature=1.0, max_tokens=4).logprobs == 1
+        with pytest.raises(ValueError, match="truncation 'top_k=40'"):
+            samples_generator.SamplingParams(temperature=1.0, max_tokens=4, top_k=40)
+    finally:
+        patches.undo()
