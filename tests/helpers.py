@@ -136,3 +136,13 @@ class CPUStrategy:
 
     def print(self, *msg):
         print(*msg)
+
+
+def micro_step_metrics(trainer, status) -> dict:
+    """The logged metrics of a training step made of this one micro-batch (``training_step`` status)."""
+    from openrlhf_offpolicy.corrections.metrics import HIDDEN_PREFIX
+    from openrlhf_offpolicy.integration.wrappers import step_metrics
+
+    reduced = {k: float(v.float().mean()) for k, v in status["metrics"].items() if k.startswith(HIDDEN_PREFIX)}
+    metrics = step_metrics(trainer)
+    return metrics.finalize(reduced, metrics.local_maxima())

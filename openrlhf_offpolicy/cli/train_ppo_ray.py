@@ -5,7 +5,8 @@ module adds (see the README, "Our flags"):
     --enable_vllm_is_correction, --vllm_is_truncated_threshold LOW HIGH, --vllm_is_correction_type,
     --policy_loss_type, --rejection CRITERION [...], --is_batch_normalize, one --<name> per method
     parameter, --vllm_logprobs_topk K, --config FILE.yaml,
-    --dry_run, --no_mismatch_metrics, --uniform_scale (with --algo.advantage.estimator reinforce_max).
+    --dry_run, --no_mismatch_metrics, --match_rollout_sampling, --uniform_scale (with
+    --algo.advantage.estimator reinforce_max).
 The seed fork's OpenRLHF 0.9.x flat flags (``--pretrain``, ...) are translated to 0.11.2's, one
 stderr line each (``integration.legacy_flags``). Every flag, ours and upstream's, is validated
 before anything heavy is imported (``cli.checks``; upstream's parser is read from its source), so
@@ -30,6 +31,7 @@ warnings.filterwarnings("ignore", message="The pynvml package is deprecated", ca
 
 from ..corrections import POLICY_LOSSES, correction_choices, method_params  # noqa: E402
 from ..integration.advantages import translate_estimator  # noqa: E402
+from ..integration.sampling import with_rollout_sampling  # noqa: E402
 from ..integration.settings import OffPolicySettings  # noqa: E402
 from ..integration.upstream_args import given_flags, peek_upstream_args  # noqa: E402
 from . import checks  # noqa: E402
@@ -68,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--uniform_scale", action="store_true",
                         help="with --algo.advantage.estimator reinforce_max: a prompt group whose rewards are all "
                         "equal gets r/n instead of 0")
+    parser.add_argument("--match_rollout_sampling", action="store_true",
+                        help="apply the rollout's top-p truncation (--rollout.top_p) to the trainer's old and "
+                        "current log-probs, so rollout log-probs measure the engine mismatch only (trains the "
+                        "truncated policy); without it a truncated rollout with a consumer of rollout log-probs "
+                        "is refused")
     group = parser.add_argument_group("method parameters")
     for p in method_params().values():
         # SUPPRESS: a flag that is not given leaves no attribute, so "given" is distinguishable from
@@ -176,6 +183,7 @@ def settings_from(ns: argparse.Namespace) -> OffPolicySettings:
         policy_loss_type=ns.policy_loss_type,
         request_rollout_logprobs=not ns.no_mismatch_metrics,
         logprobs_topk=ns.vllm_logprobs_topk,
+        match_rollout_sampling=ns.match_rollout_sampling,
     )
 
 
@@ -202,9 +210,11 @@ def parse(argv: Sequence[str]):
         "--vllm_is_truncated_threshold": ours.vllm_is_truncated_threshold,
         "--algo.advantage.is_correction_threshold": vars(full).get("algo.advantage.is_correction_threshold"),
     })
+    peeked = peek_upstream_args(upstream_argv)
     settings = replace(settings_from(ours), advantage_estimator=estimator, uniform_scale=ours.uniform_scale)
+    settings = with_rollout_sampling(settings, peeked)
     upstream_given = given_flags(upstream_argv)
-    config = settings.check(peek_upstream_args(upstream_argv), upstream_given)
+    config = settings.check(peeked, upstream_given)
     checks.check_selected(
         {name: getattr(ours, name) for name in method_params() if hasattr(ours, name)}, config, upstream_given,
         vars(full), {a.dest: a.default for a in upstream._actions},

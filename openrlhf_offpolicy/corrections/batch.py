@@ -23,8 +23,9 @@ class TopK:
     ids:               ``[B, T, K]`` token ids of TopK(mu) at every action token (-1: empty slot)
     rollout_log_probs: ``[B, T, K]`` log mu at those ids
     log_probs:         ``[B, T, K]`` log pi_theta at those ids (detached)
-    valid:             ``[B, T, K]`` slots that hold an id
+    valid:             ``[B, T, K]`` slots that hold an id with usable log-probs
     sampled_in_topk:   ``[B, T]`` the sampled token a_t is one of the ids (S_t counts it once)
+    nonfinite:         ``[B, T]`` a slot holds NaN or +inf (the token is dropped where top-K is read)
     """
 
     ids: torch.Tensor
@@ -32,6 +33,7 @@ class TopK:
     log_probs: torch.Tensor
     valid: torch.Tensor
     sampled_in_topk: torch.Tensor
+    nonfinite: Optional[torch.Tensor] = None
 
 
 def make_topk(ids: torch.Tensor, rollout_log_probs: torch.Tensor, log_probs: torch.Tensor,
@@ -50,8 +52,11 @@ def make_topk(ids: torch.Tensor, rollout_log_probs: torch.Tensor, log_probs: tor
         raise ValueError(f"action_ids has shape {tuple(action_ids.shape)} but the top-K ids have {tuple(ids.shape)}")
     rollout_log_probs = rollout_log_probs.detach().to(dtype)
     log_probs = log_probs.detach().to(dtype)
-    # NaN marks a slot as unusable; -inf (a token the sampler filtered out) is a valid probability 0.
-    valid = (ids >= 0) & ~torch.isnan(rollout_log_probs) & ~torch.isnan(log_probs)
+    # NaN or +inf marks a slot as unusable (``nonfinite``: its token is dropped from the loss and
+    # counted by ``make_policy_batch``); -inf (a token the sampler filtered out) is a valid probability 0.
+    unusable = (ids >= 0) & (torch.isnan(rollout_log_probs) | torch.isnan(log_probs)
+                             | (rollout_log_probs == float("inf")) | (log_probs == float("inf")))
+    valid = (ids >= 0) & ~unusable
     zero = torch.zeros((), dtype=dtype, device=ids.device)
     return TopK(
         ids=ids.long(),
@@ -59,6 +64,7 @@ def make_topk(ids: torch.Tensor, rollout_log_probs: torch.Tensor, log_probs: tor
         log_probs=torch.where(valid, log_probs, zero),
         valid=valid,
         sampled_in_topk=((ids == action_ids.unsqueeze(-1)) & valid).any(dim=-1),
+        nonfinite=unusable.any(dim=-1),
     )
 
 
@@ -69,7 +75,9 @@ class PolicyBatch:
     log_probs:          log pi_theta (carries the gradient)
     old_log_probs:      log pi_old, the trainer's recomputation at rollout time (detached)
     rollout_log_probs:  log pi_roll = log mu, the sampler's log-probs (detached), or None
-    mask:               float 0/1, action tokens whose inputs are all finite
+    mask:               float 0/1, action tokens whose inputs (read by the loss) are all finite
+    rollout_mask:       float 0/1, the tokens of ``mask`` with a finite pi_roll; differs from ``mask``
+                        only when the loss does not read pi_roll (diagnostics only)
     """
 
     log_probs: torch.Tensor
@@ -78,6 +86,12 @@ class PolicyBatch:
     mask: torch.Tensor
     rollout_log_probs: Optional[torch.Tensor] = None
     topk: Optional[TopK] = None
+    rollout_mask: Optional[torch.Tensor] = None
+
+    @cached_property
+    def rollout_on(self) -> torch.Tensor:
+        """Float mask of the tokens with a usable pi_roll (``mask`` unless set apart)."""
+        return self.mask if self.rollout_mask is None else self.rollout_mask
 
     @cached_property
     def on(self) -> torch.Tensor:
@@ -109,7 +123,7 @@ class PolicyBatch:
         """Mismatch log-ratio ``log(pi_old / pi_roll)``, clamped, 0 off the mask (detached)."""
         if self.rollout_log_probs is None:
             raise ValueError("this method needs rollout_log_probs (pi_roll), but none were given")
-        return clamp_log_ratio(self.old_log_probs - self.rollout_log_probs) * self.mask
+        return clamp_log_ratio(self.old_log_probs - self.rollout_log_probs) * self.rollout_on
 
     @cached_property
     def raw_log_ratio(self) -> torch.Tensor:
@@ -188,13 +202,17 @@ def make_policy_batch(
     action_mask: Optional[torch.Tensor] = None,
     rollout_log_probs: Optional[torch.Tensor] = None,
     topk: Optional[TopK] = None,
+    rollout_in_loss: bool = True,
 ):
     """Validate shapes, compute in float32 (float64 stays float64), and mask non-finite tokens.
 
     Returns ``(batch, action_mask, nonfinite)``: ``action_mask`` is the float mask as given (the
-    aggregation denominator); ``batch.mask`` additionally drops tokens where any input is NaN/Inf,
-    whose entries are replaced by 0 so no NaN reaches the loss or its gradient; ``nonfinite`` is the
-    number of action tokens dropped that way.
+    aggregation denominator); ``batch.mask`` additionally drops tokens where any input the loss
+    reads is NaN/Inf (or a top-K slot read by the loss holds NaN/+inf), whose entries are replaced
+    by 0 so no NaN reaches the loss or its gradient; ``nonfinite`` is the number of action tokens
+    dropped that way. With ``rollout_in_loss=False`` (no correction and a loss that does not read
+    pi_roll, as upstream) a non-finite pi_roll does not drop its token: it is left out of the
+    mismatch diagnostics only (``batch.rollout_mask``), as upstream's loss never reads it.
     """
     if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 2:
         shape = tuple(log_probs.shape) if isinstance(log_probs, torch.Tensor) else type(log_probs).__name__
@@ -213,22 +231,39 @@ def make_policy_batch(
         mask = _as_2d("action_mask", action_mask, shape).to(dtype)
     log_probs = log_probs.to(dtype)
     inputs = {k: v.detach().to(dtype) for k, v in inputs.items()}
+    side = {}
+    if not rollout_in_loss and "rollout_log_probs" in inputs:
+        side["rollout_log_probs"] = inputs.pop("rollout_log_probs")
 
     # A NaN/Inf anywhere makes that input's sum non-finite: one read-only reduction per input and
     # one synchronisation decide the common all-finite case, which copies nothing. A finite sum can
     # still overflow to inf; the elementwise check below then finds every entry finite.
     tensors = [log_probs.detach(), *inputs.values()]
-    if bool(torch.isfinite(torch.stack([t.sum() for t in tensors])).all()):
-        return PolicyBatch(log_probs=log_probs, mask=mask, topk=topk, **inputs), mask, 0
-    finite = torch.ones(shape, dtype=torch.bool, device=log_probs.device)
-    for t in tensors:
-        finite &= torch.isfinite(t)
-    valid = finite & (mask > 0)
+    sums = torch.stack([t.sum() for t in tensors])
+    topk_bad = topk.nonfinite if topk is not None and topk.nonfinite is not None else None
+    if topk_bad is not None:
+        sums = torch.cat([sums, topk_bad.any().to(sums.dtype).reshape(1) * float("nan")])
     zero = torch.zeros((), dtype=dtype, device=log_probs.device)
-    batch = PolicyBatch(
-        log_probs=torch.where(valid, log_probs, zero),
-        mask=valid.to(dtype),
-        topk=topk,
-        **{k: torch.where(valid, v, zero) for k, v in inputs.items()},
-    )
-    return batch, mask, int((~finite & (mask > 0)).sum())
+    if bool(torch.isfinite(sums).all()):
+        batch = PolicyBatch(log_probs=log_probs, mask=mask, topk=topk, **inputs)
+        nonfinite = 0
+    else:
+        finite = torch.ones(shape, dtype=torch.bool, device=log_probs.device)
+        for t in tensors:
+            finite &= torch.isfinite(t)
+        if topk_bad is not None:
+            finite &= ~topk_bad
+        valid = finite & (mask > 0)
+        batch = PolicyBatch(
+            log_probs=torch.where(valid, log_probs, zero),
+            mask=valid.to(dtype),
+            topk=topk,
+            **{k: torch.where(valid, v, zero) for k, v in inputs.items()},
+        )
+        nonfinite = int((~finite & (mask > 0)).sum())
+    if side:
+        rollout = side["rollout_log_probs"]
+        usable = torch.isfinite(rollout)
+        batch.rollout_log_probs = torch.where(usable, rollout, zero)
+        batch.rollout_mask = batch.mask * usable.to(dtype)
+    return batch, mask, nonfinite

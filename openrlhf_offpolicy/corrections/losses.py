@@ -14,8 +14,9 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from . import metrics
+from .metrics import Mean
 from .registry import Entry, Registry
-from .stats import masked_mean
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class PolicyLossEntry(Entry):
                         seq-mean-token-mean (``token_level_loss=False``), as upstream does for gspo.
     accepts_correction  False when the loss anchors on mu itself and a vllm_is correction would
                         apply the mismatch twice (dppo).
+    reads_rollout       the loss reads pi_roll itself (dppo's mu), with or without a correction.
     anchors_on_rollout  with a correction enabled the loss measures its ratio against pi_roll and
                         applies no coefficient (upstream's gspo semantics).
     ppo_clip            the loss reads the PPO clip (clip_eps_low/high, dual_clip; upstream's
@@ -76,12 +78,12 @@ def no_clipping(batch) -> None:
     return None
 
 
-def token_mean(x: torch.Tensor, batch) -> torch.Tensor:
-    """Detached mean of a diagnostic over the batch's valid action tokens."""
-    return masked_mean(x.detach().float(), batch.mask)
+def token_mean(x: torch.Tensor, batch) -> Mean:
+    """A diagnostic's mean over the batch's valid action tokens, exact over a training step."""
+    return metrics.token_mean(x, batch.mask)
 
 
-def lazy_token_mean(x: torch.Tensor, batch) -> Callable[[], torch.Tensor]:
-    """``token_mean`` computed only when the metric is read (``PolicyLoss.metrics`` calls it)."""
+def lazy_token_mean(x: torch.Tensor, batch) -> Callable[[], Mean]:
+    """``token_mean`` computed only when the metric is read (``PolicyLoss.statistics`` calls it)."""
     x = x.detach()
     return lambda: token_mean(x, batch)

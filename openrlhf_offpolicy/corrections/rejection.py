@@ -30,8 +30,9 @@ Every criterion is AND-combined with the others and with the selected correction
 a token survives only if every criterion keeps it, and it then carries the correction's weight.
 Rejected tokens and sequences keep counting in the loss denominator (the aggregation never
 changes its normaliser). Metrics: ``rejection/<criterion>/masked_frac`` (a 0-d token fraction for
-token criteria, a ``[B]`` 0/1 vector for sequence criteria: the per-sequence rejection rate) and
-``rejection/masked_frac`` (0-d: fraction of action tokens that at least one criterion rejected).
+token criteria, a sequence mean over the sequences with action tokens for sequence criteria) and
+``rejection/masked_frac`` (token mean: action tokens that at least one criterion rejected); all are
+step statistics (``metrics``), exact over a training step.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import torch
 
 from .batch import Correction, PolicyBatch
 from .divergences import binary_kl
+from .metrics import Mean, sequence_mean, token_mean
 from .stats import broadcast_seq
 
 AGGREGATIONS = ("token", "seq_sum", "seq_mean", "seq_max")
@@ -219,14 +221,14 @@ def apply_rejection(correction: Correction, batch: PolicyBatch, criteria: Sequen
             kept = broadcast_seq(kept, batch.mask)
         keep = keep & kept
     rejected_here = batch.on & ~keep
-    metrics["rejection/masked_frac"] = lambda: rejected_here.sum() / batch.n_tokens
+    metrics["rejection/masked_frac"] = lambda: token_mean(rejected_here, batch.mask)
     coef = torch.where(keep, correction.coef, torch.zeros_like(correction.coef))
     return replace(correction, coef=coef, rejected=correction.rejected | rejected_here,
                    metrics={**correction.metrics, **metrics})
 
 
-def _masked_frac(kept: torch.Tensor, per_sequence: bool, batch: PolicyBatch) -> Callable[[], torch.Tensor]:
-    """The criterion's rejection rate, read lazily: ``[B]`` 0/1 per sequence, or a 0-d token fraction."""
+def _masked_frac(kept: torch.Tensor, per_sequence: bool, batch: PolicyBatch) -> Callable[[], Mean]:
+    """The criterion's rejection rate, read lazily: a sequence mean, or a token mean."""
     if per_sequence:
-        return lambda: (~kept & batch.has_tokens).float()
-    return lambda: (~kept & batch.on).sum() / batch.n_tokens
+        return lambda: sequence_mean(~kept & batch.has_tokens, batch.has_tokens)
+    return lambda: token_mean(~kept & batch.on, batch.mask)

@@ -27,7 +27,8 @@ from .batch import Correction, PolicyBatch
 from .divergences import DIVERGENCES
 from .gates import CORRECTIONS, sequence_gate, token_gate, token_ratio
 from .registry import Param, positive
-from .stats import in_band, masked_mean, seq_mean
+from .metrics import sequence_mean
+from .stats import in_band, seq_mean
 
 TRM_SOURCE = "TRM: Li et al., 'Trust Region Masking for Long-Horizon LLM Reinforcement Learning', arXiv 2512.23075"
 
@@ -103,12 +104,12 @@ def trust_region_mask(batch: PolicyBatch, cfg) -> Correction:
         divergence = token_divergence(batch, cfg.params.trm_divergence, log_ref)
         worst = divergence.amax(dim=-1) if divergence.shape[-1] else divergence.sum(dim=-1)
         keep = keep & (worst <= cfg.params.trm_max_delta)
-        metrics["trm/max_div"] = masked_mean(worst, has_tokens.float())
+        metrics["trm/max_div"] = sequence_mean(worst, has_tokens)
     if cfg.params.trm_avg_delta is not None:
         avg = seq_mean(token_divergence(batch, trm_mean_divergence(cfg.params.trm_divergence), log_ref), batch.mask)
         keep = keep & (avg <= cfg.params.trm_avg_delta)
-        metrics["trm/mean_div"] = masked_mean(avg, has_tokens.float())
-    metrics["trm/accept_rate"] = masked_mean(keep.float(), has_tokens.float())
+        metrics["trm/mean_div"] = sequence_mean(avg, has_tokens)
+    metrics["trm/accept_rate"] = sequence_mean(keep, has_tokens)
     out = sequence_gate(batch, keep, token_ratio(batch))
     out.metrics.update(metrics)
     return out

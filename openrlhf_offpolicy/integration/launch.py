@@ -1,15 +1,19 @@
 """Run upstream's ``openrlhf.cli.train_ppo_ray`` with this project installed.
 
 Upstream builds its parser inside the module's ``__main__`` block, so the module is executed with
-``runpy`` (never copied). Three hooks are set around that execution:
-  * ``openrlhf.utils.config.hierarchize`` (called right after upstream's ``parse_args``) is wrapped
-    to validate our settings against the parsed arguments, write ``--policy_loss_type`` into
-    ``args.actor.policy_loss_type``, name the wandb run after the method, and put the settings on
-    ``args`` (``args.offpolicy``);
-  * ``ray.init`` is wrapped to add the settings and our ``worker_process_setup_hook`` to the job's
-    runtime env, so every Ray worker installs the patches when it starts;
-  * ``ray.is_initialized`` (the first thing upstream's ``train`` calls) marks where upstream's own
-    argument checks end.
+``runpy`` (never copied). While it runs (``active()``), three entries of the patch table hook it:
+  * ``openrlhf.utils.config.hierarchize`` (called right after upstream's ``parse_args``) validates
+    our settings against the parsed arguments, writes ``--policy_loss_type`` into
+    ``args.actor.policy_loss_type``, names the wandb run after the method, puts the settings on
+    ``args`` (``args.offpolicy``) and re-installs the patches with the final settings;
+  * ``ray.init`` adds the settings and our ``worker_process_setup_hook`` to the job's runtime env,
+    so every Ray worker installs the patches when it starts; a setup hook the job already had
+    (``ray job submit --runtime-env-json``) is moved behind ours (``worker.USER_HOOK_ENV_VAR``);
+  * ``ray.is_initialized`` (the first thing upstream's ``train`` calls) ends a ``--dry_run`` after
+    all of upstream's own argument checks, before Ray starts, and refuses a Ray that was started
+    before (its workers would not have our settings).
+Before any of this, the installed openrlhf / vLLM versions are checked (``versions``), and a
+missing GPU-only module (vLLM, flash-attn) is one line (``require_gpu_stack``).
 ``--dry_run`` executes only upstream's ``__main__`` block, with ``train`` replaced by a stop, read from
 upstream's source (``upstream_source``): the same parsing and checks, without Ray, vLLM or DeepSpeed.
 """
@@ -17,20 +21,26 @@ upstream's source (``upstream_source``): the same parsing and checks, without Ra
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
+import os
 import runpy
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Set, Tuple
 
-from ..corrections import CORRECTIONS, DIVERGENCES, POLICY_LOSSES, OffPolicyConfig
-from ..corrections.config import DEFAULT_THRESHOLD
 from . import patches, upstream_source
+from .sampling import with_rollout_sampling
 from .settings import ENV_VAR, OffPolicySettings
 from .upstream_args import vllm_enabled
+from .versions import check_versions
+from .worker import USER_HOOK_ENV_VAR
 
 UPSTREAM_MODULE = "openrlhf.cli.train_ppo_ray"
 WORKER_SETUP_HOOK = "openrlhf_offpolicy.integration.worker.setup"
+JOB_CONFIG_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for the job's driver
+RAY_SETUP_HOOK_ENV_VAR = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"  # Ray's own record of a setup hook
 
 
 class _StopBeforeRay(Exception):
@@ -39,6 +49,27 @@ class _StopBeforeRay(Exception):
 
 class UpstreamCheckFailed(ValueError):
     """One of upstream's own argument assertions failed (before Ray started)."""
+
+
+@dataclass
+class RunState:
+    """What ``run`` knows while upstream's ``__main__`` executes."""
+
+    settings: OffPolicySettings
+    dry_run: bool
+    explicit_flags: Set[str] = field(default_factory=set)
+    args: object = None
+    config: object = None
+    final: Optional[OffPolicySettings] = None
+    started: bool = False
+
+
+_RUN: Optional[RunState] = None
+
+
+def active() -> Optional[RunState]:
+    """The run in progress in this process (None outside ``run``)."""
+    return _RUN
 
 
 @contextlib.contextmanager
@@ -51,19 +82,52 @@ def swapped(owner, name: str, value):
         setattr(owner, name, original)
 
 
-def runtime_env_with_settings(runtime_env: Optional[dict], settings: OffPolicySettings) -> dict:
-    """``runtime_env`` plus our settings variable and worker setup hook."""
+def user_setup_hook(runtime_env: Optional[dict]) -> Optional[str]:
+    """The job's own worker_process_setup_hook (a 'module.function' string), if any."""
+    hook = (runtime_env or {}).get("worker_process_setup_hook")
+    if hook in (None, WORKER_SETUP_HOOK):
+        return None
+    if not isinstance(hook, str) or hook.startswith("ray_runtime_env_func::"):
+        raise ValueError(f"the job's worker_process_setup_hook {hook!r} must be given as 'module.function' to be "
+                         f"chained after openrlhf_offpolicy's ({WORKER_SETUP_HOOK})")
+    return hook
+
+
+def runtime_env_with_settings(runtime_env: Optional[dict], settings: OffPolicySettings,
+                              user_hook: Optional[str] = None) -> dict:
+    """``runtime_env`` plus our settings variable and worker setup hook (the user's chained after)."""
     env = dict(runtime_env or {})
-    hook = env.get("worker_process_setup_hook")
-    if hook not in (None, WORKER_SETUP_HOOK):
-        raise ValueError(f"the runtime env already has worker_process_setup_hook={hook!r}; "
-                         f"openrlhf_offpolicy needs {WORKER_SETUP_HOOK!r}")
-    env["env_vars"] = {**(env.get("env_vars") or {}), ENV_VAR: settings.to_json()}
+    user_hook = user_setup_hook(env) or user_hook
+    env_vars = {k: v for k, v in (env.get("env_vars") or {}).items() if k != RAY_SETUP_HOOK_ENV_VAR}
+    env_vars[ENV_VAR] = settings.to_json()
+    if user_hook:
+        env_vars[USER_HOOK_ENV_VAR] = user_hook
+    env["env_vars"] = env_vars
     env["worker_process_setup_hook"] = WORKER_SETUP_HOOK
     return env
 
 
-def method_label(config: OffPolicyConfig) -> str:
+def take_job_setup_hook() -> Optional[str]:
+    """Remove the setup hook from the job-level runtime env Ray will merge with ours; return it.
+
+    Ray refuses to merge two hooks ("Failed to merge"), or with ``RAY_OVERRIDE_JOB_RUNTIME_ENV=1``
+    keeps only ours: the user's hook is run by ours instead, after it.
+    """
+    raw = os.environ.get(JOB_CONFIG_ENV_VAR)
+    if not raw:
+        return None
+    job_config = json.loads(raw)
+    job_env = job_config.get("runtime_env") or {}
+    hook = user_setup_hook(job_env)
+    if hook is None:
+        return None
+    job_env.pop("worker_process_setup_hook", None)
+    (job_env.get("env_vars") or {}).pop(RAY_SETUP_HOOK_ENV_VAR, None)
+    os.environ[JOB_CONFIG_ENV_VAR] = json.dumps(job_config)
+    return hook
+
+
+def method_label(config) -> str:
     """The default wandb group: ``<policy loss>-<correction>``, then the band and every parameter of
     the selected methods that differs from its default (``ppo-trm-trm_avg_delta=0.002-trm_max_delta=none``),
     so runs of different settings never share a group."""
@@ -73,6 +137,9 @@ def method_label(config: OffPolicyConfig) -> str:
         correction = "rollout-anchor"
     else:
         correction = "no-correction"
+    from ..corrections import CORRECTIONS, DIVERGENCES, POLICY_LOSSES
+    from ..corrections.config import DEFAULT_THRESHOLD
+
     parts = [f"{config.policy_loss_type}-{correction}"]
     if config.correction_enabled and tuple(config.threshold) != tuple(DEFAULT_THRESHOLD):
         parts.append("band=" + ":".join(f"{v:g}" for v in config.threshold))
@@ -85,6 +152,10 @@ def method_label(config: OffPolicyConfig) -> str:
                 value = config.params[p.name]
                 if not _same(value, p.default):
                     parts.append(f"{p.name}={_short(value)}")
+    if config.rejection:
+        parts.append("rejection=" + ",".join(c.name for c in config.rejection))
+    if config.is_batch_normalize:
+        parts.append("batch_normalized")
     return "-".join(dict.fromkeys(parts))
 
 
@@ -105,6 +176,7 @@ def _short(value) -> str:
 def finalize_args(args, settings: OffPolicySettings, explicit_flags: Iterable[str]):
     """Validate and complete upstream ``args`` in place; returns (config, final settings)."""
     explicit = set(explicit_flags)
+    settings = with_rollout_sampling(settings, args)
     config = settings.check(args, explicit)
     if settings.policy_loss_type is not None:
         args.actor.policy_loss_type = settings.policy_loss_type
@@ -119,6 +191,55 @@ def finalize_args(args, settings: OffPolicySettings, explicit_flags: Iterable[st
     return config, settings
 
 
+# --------------------------------------------------------------------------- patch_table factories
+def hierarchize(original, settings: OffPolicySettings):
+    @functools.wraps(original)
+    def wrapped(*args, **kwargs):
+        parsed = original(*args, **kwargs)
+        state = active()
+        if state is None or state.args is not None:
+            return parsed
+        state.config, state.final = finalize_args(parsed, state.settings, state.explicit_flags)
+        state.args = parsed
+        if not state.dry_run:
+            patches.install(state.final)
+        return parsed
+
+    return wrapped
+
+
+def ray_init(original, settings: OffPolicySettings):
+    @functools.wraps(original)
+    def init(*args, runtime_env=None, **kwargs):
+        state = active()
+        if state is None or state.final is None:
+            return original(*args, runtime_env=runtime_env, **kwargs)
+        user_hook = take_job_setup_hook()
+        env = runtime_env_with_settings(runtime_env, state.final, user_hook)
+        return original(*args, runtime_env=env, **kwargs)
+
+    return init
+
+
+def ray_is_initialized(original, settings: OffPolicySettings):
+    @functools.wraps(original)
+    def is_initialized():
+        state = active()
+        if state is None or state.args is None or state.started:
+            return original()
+        if state.dry_run:
+            raise _StopBeforeRay()
+        state.started = True
+        if original():
+            raise ValueError("Ray was initialised before train_ppo_ray: its workers would run without "
+                             "openrlhf_offpolicy's settings; let train_ppo_ray start or connect to Ray "
+                             "(it reads RAY_ADDRESS)")
+        return False
+
+    return is_initialized
+
+
+# --------------------------------------------------------------------------- entry points
 def run(
     upstream_argv: List[str],
     settings: OffPolicySettings,
@@ -126,54 +247,35 @@ def run(
     dry_run: bool = False,
     explicit_flags: Iterable[str] = (),
     prog: str = "train_ppo_ray",
-) -> Tuple[object, OffPolicyConfig, OffPolicySettings]:
+) -> Tuple[object, object, OffPolicySettings]:
     """Execute upstream's ``__main__`` with our hooks; returns (args, config, settings).
 
     With ``dry_run`` only upstream's ``__main__`` block runs (read from its source, see
     ``upstream_source``): it parses and checks the arguments and stops where ``train`` would start
-    Ray, so nothing GPU-only (vLLM, DeepSpeed, flash-attn) is imported.
+    Ray, so nothing GPU-only (vLLM, DeepSpeed, flash-attn) is imported. A real run undoes every
+    patch when it returns.
     """
+    global _RUN
+    check_versions()
     if dry_run:
         return _dry_run(upstream_argv, settings, explicit_flags, prog)
     require_gpu_stack()
-    import openrlhf.utils.config as upstream_config
-    import ray
-
-    state = {}
-
-    def hierarchize(flat):
-        args = original_hierarchize(flat)
-        state["config"], state["settings"] = finalize_args(args, settings, explicit_flags)
-        state["args"] = args
-        patches.apply(state["settings"])
-        state["trap"] = swapped(ray, "is_initialized", _mark_started)
-        state["trap"].__enter__()
-        return args
-
-    def _mark_started():
-        state["started"] = True
-        state["trap"].__exit__(None, None, None)
-        return ray.is_initialized()
-
-    def init_with_settings(*args, runtime_env=None, **kwargs):
-        return original_init(*args, runtime_env=runtime_env_with_settings(runtime_env, state["settings"]), **kwargs)
-
-    with contextlib.ExitStack() as stack:
-        original_hierarchize = stack.enter_context(swapped(upstream_config, "hierarchize", hierarchize))
-        stack.enter_context(swapped(sys, "argv", [prog, *upstream_argv]))
-        original_init = stack.enter_context(swapped(ray, "init", init_with_settings))
-        # The driver: upstream's module binds create_vllm_engines when it is imported.
-        patches.apply(settings)
-        try:
+    state = RunState(settings=settings, dry_run=dry_run, explicit_flags=set(explicit_flags))
+    _RUN = state
+    try:
+        patches.install(settings)  # upstream's CLI module binds create_vllm_engines when it is imported
+        with swapped(sys, "argv", [prog, *upstream_argv]):
             runpy.run_module(UPSTREAM_MODULE, run_name="__main__", alter_sys=True)
-        except AssertionError as e:
-            if "args" in state and "started" not in state:  # upstream's own checks, after parsing
-                raise UpstreamCheckFailed(f"upstream train_ppo_ray rejected the arguments: {e}") from e
-            raise
-        finally:
-            if "trap" in state and "started" not in state:
-                state["trap"].__exit__(None, None, None)
-    return state["args"], state["config"], state["settings"]
+    except _StopBeforeRay:
+        pass
+    except AssertionError as e:
+        if state.args is not None and not state.started:  # upstream's own checks, after parsing
+            raise UpstreamCheckFailed(f"upstream train_ppo_ray rejected the arguments: {e}") from e
+        raise
+    finally:
+        _RUN = None
+        patches.undo()
+    return state.args, state.config, state.final
 
 
 def _dry_run(upstream_argv, settings, explicit_flags, prog):

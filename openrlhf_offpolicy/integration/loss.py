@@ -1,9 +1,9 @@
 """The ``PolicyLoss`` upstream's ``ActorPPOTrainer`` builds once our patches are installed.
 
 ``policy_loss_class(settings)`` returns a subclass of our drop-in ``PolicyLoss`` that adds the
-run's settings to the upstream kwargs the trainer passes, and that copies its metrics into the
-``experience.info`` of the micro-batch being trained (``patches`` points ``experience_info`` at it
-around every ``training_step``), so upstream logs them to wandb/tensorboard with its own metrics.
+run's settings to the upstream kwargs the trainer passes. Its ``statistics`` reach upstream's logged
+status through the ``training_step`` / ``ppo_train`` wrappers (``wrappers``), exact over the step.
+While a micro-batch is trained, ``experience_info`` is that micro-batch's ``experience.info``.
 With ``--vllm_logprobs_topk`` the loss also receives the micro-batch's top-K data (``PENDING``).
 """
 
@@ -59,10 +59,7 @@ class OpenRLHFPolicyLoss(PolicyLoss):
         pending = PENDING.get()
         if pending is not None:
             kwargs.update(pending.loss_kwargs())
-        out = super().forward(*args, **kwargs)
-        if self.experience_info is not None:
-            self.experience_info.update(self.metrics)
-        return out
+        return super().forward(*args, **kwargs)
 
 
 def policy_loss_class(settings: OffPolicySettings) -> type:

@@ -1,22 +1,46 @@
-"""Every upstream symbol this project replaces, in one table.
+"""Every upstream symbol this project replaces, in one table (``PATCHES``).
 
 Each ``Patch`` names the upstream module whose import it waits for, the attribute path replaced
 inside it, a factory ``make(original, settings) -> replacement`` and a condition on the settings.
-``apply_table(settings)`` installs the entries whose condition holds on the modules that are
-already imported; ``patches.undo`` restores every original.
+``patches.install(settings)`` registers a post-import hook per module (``imports``): each entry is
+applied when its module is imported, in whatever process imports it, and at once if the module
+is already imported. ``patches.undo`` restores every original.
+
+This module imports only the standard library and ``settings``: it is read by the Ray worker
+setup hook. The factories import the replacement code (torch, OpenRLHF) only when called, that is
+when the upstream module itself is being imported.
+
+``tests/integration/test_patch_table.py`` records, for OpenRLHF 0.11.2, each patched symbol's
+signature and a hash of its source: an upgrade fails there with the list of what changed.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Tuple
 
 from .settings import OffPolicySettings
 
 
 def always(settings: OffPolicySettings) -> bool:
     return True
+
+
+def topk_on(settings: OffPolicySettings) -> bool:
+    return bool(settings.logprobs_topk)
+
+
+def own_log_prob_kernel(settings: OffPolicySettings) -> bool:
+    """The actor's log-probs go through ``models.logprobs`` (top-K gather, rollout truncation)."""
+    return bool(settings.logprobs_topk) or settings.match_rollout_sampling
+
+
+def in_launcher(settings: OffPolicySettings) -> bool:
+    """Only while ``launch.run`` executes upstream's ``__main__`` in this process (the driver)."""
+    from . import launch
+
+    return launch.active() is not None
 
 
 @dataclass(frozen=True)
@@ -29,47 +53,96 @@ class Patch:
     when: Callable[[OffPolicySettings], bool] = always
     why: str = ""
 
-    def owner_and_name(self):
-        owner = importlib.import_module(self.module)
+    def owner_and_name(self, module=None) -> Tuple[Any, str]:
+        owner = module if module is not None else importlib.import_module(self.module)
         *path, name = self.target.split(".")
         for part in path:
             owner = getattr(owner, part)
         return owner, name
 
+    @property
+    def symbol(self) -> str:
+        return f"{self.module}.{self.target}"
 
-# Filled by the modules that define replacements (see ``register``); listed here in one place.
-PATCHES: List[Patch] = []
+
+def _factory(where: str) -> Callable[[Any, OffPolicySettings], Any]:
+    """``"module:function"`` of this package, imported when the patch is applied."""
+    module_name, function = where.split(":")
+
+    def make(original, settings):
+        module = importlib.import_module(f"{__package__}.{module_name}")
+        return getattr(module, function)(original, settings)
+
+    make.__name__ = function
+    make.__qualname__ = where
+    return make
+
+
+_PPO_ACTOR = "openrlhf.trainer.ray.ppo_actor"
+_EXPERIENCE_MODULES = (
+    "openrlhf.trainer.ppo_utils.experience",
+    "openrlhf.trainer.ppo_utils",
+    "openrlhf.trainer.ppo_utils.experience_maker",
+    "openrlhf.trainer.ppo_utils.samples_generator",
+    "openrlhf.trainer.ray.ppo_actor",
+    "openrlhf.trainer.ray.ppo_critic",
+)
+
+PATCHES: List[Patch] = [
+    # ---- the loss and its metrics
+    Patch(_PPO_ACTOR, "PolicyLoss", _factory("wrappers:policy_loss"),
+          why="ActorPPOTrainer.__init__ builds its loss from this name: our PolicyLoss with the run's settings"),
+    Patch(_PPO_ACTOR, "ActorPPOTrainer.training_step", _factory("wrappers:training_step"),
+          why="the loss's step statistics go into the returned status; top-K data and the rollout "
+              "truncation are announced to the actor forward"),
+    Patch(_PPO_ACTOR, "ActorPPOTrainer.ppo_train", _factory("wrappers:ppo_train"),
+          why="metrics exact over the step: maxima reduced with max, ratios and ESS from reduced sums"),
+    # ---- rollout log-probs
+    Patch("openrlhf.trainer.ppo_utils.samples_generator", "SamplingParams", _factory("wrappers:sampling_params"),
+          why="request the sampled token's log-prob (or the top-K) from vLLM"),
+    Patch("openrlhf.trainer.ray", "create_vllm_engines", _factory("wrappers:create_vllm_engines"),
+          why="engines return processed log-probs (after temperature and truncation, as sampled)"),
+    Patch("openrlhf.utils.agent", "MultiTurnAgentExecutor.execute", _factory("wrappers:multi_turn_execute"),
+          why="every generation requests log-probs with the run's truncation; rollout_log_probs has one "
+              "entry per observation token, else an error naming the sample"),
+    # ---- the trainer's log-prob kernel
+    Patch("openrlhf.models.actor", "log_probs_from_logits", _factory("wrappers:log_probs_from_logits"),
+          when=own_log_prob_kernel,
+          why="old and current log-probs from one kernel (top-K gather; --match_rollout_sampling truncation)"),
+    Patch(_PPO_ACTOR, "PolicyModelActor.forward", _factory("wrappers:policy_forward"),
+          when=own_log_prob_kernel, why="old log-probs: the rollout truncation applies to the policy, not to "
+                                        "the reference model"),
+    # ---- top-K log-probs (--vllm_logprobs_topk)
+    *[Patch(module, "Experience", _factory("topk:experience_class"), when=topk_on,
+            why="Experience plus the rollout's top-K fields, wherever upstream bound the name")
+      for module in _EXPERIENCE_MODULES],
+    *[Patch(module, "remove_padding_in_sequences", _factory("topk:remove_padding"), when=topk_on,
+            why="trim the time-last top-K fields too")
+      for module in ("openrlhf.trainer.ppo_utils.experience", "openrlhf.trainer.ppo_utils.replay_buffer")],
+    Patch("openrlhf.utils.agent", "SingleTurnAgentExecutor.execute", _factory("topk:execute"), when=topk_on,
+          why="convert vLLM's per-token top-K dicts into ids and log-probs"),
+    Patch("openrlhf.trainer.ppo_utils.samples_generator", "SamplesGenerator._process_response_into_experience",
+          _factory("topk:process_response"), when=topk_on, why="the experience carries the top-K fields"),
+    Patch("openrlhf.trainer.ray.vllm_engine", "RolloutRayActor", _factory("topk:rollout_actor"), when=topk_on,
+          why="engines start with max_logprobs >= K"),
+    Patch("openrlhf.models.actor", "Actor.forward", _factory("topk:actor_forward"), when=topk_on,
+          why="place the micro-batch's top-K ids in the logits layout and collect pi_theta there"),
+    # ---- the driver, while launch.run executes upstream's __main__
+    Patch("openrlhf.utils.config", "hierarchize", _factory("launch:hierarchize"), when=in_launcher,
+          why="validate our settings on upstream's parsed args and finalise them"),
+    Patch("ray", "init", _factory("launch:ray_init"), when=in_launcher,
+          why="our settings and worker setup hook in the job's runtime env; the user's hook chained"),
+    Patch("ray", "is_initialized", _factory("launch:ray_is_initialized"), when=in_launcher,
+          why="--dry_run stops where upstream's train() would start Ray; refuse a Ray started elsewhere"),
+    # ---- advantages (--algo.advantage.estimator reinforce_max)
+    Patch("openrlhf.trainer.ppo_utils.experience_maker", "RemoteExperienceMaker.compute_advantages_and_returns",
+          _factory("advantages:make_compute_advantages"),
+          when=lambda settings: settings.advantage_estimator == "reinforce_max",
+          why="reinforce_max advantages (the seed fork's ProMax) replace those of upstream's rloo path"),
+]
 
 
 def register(patch: Patch) -> Patch:
+    """Add an entry (prefer appending to ``PATCHES`` above, in a block commented with your issue)."""
     PATCHES.append(patch)
     return patch
-
-
-# issue 12: --algo.advantage.estimator reinforce_max (upstream runs its rloo path, then the advantages are
-# replaced by openrlhf_offpolicy.advantages.reinforce_max_advantages; see integration/advantages.py).
-def _reinforce_max(original, settings: OffPolicySettings):
-    from .advantages import make_compute_advantages
-
-    return make_compute_advantages(original, settings)
-
-
-register(Patch(
-    module="openrlhf.trainer.ppo_utils.experience_maker",
-    target="RemoteExperienceMaker.compute_advantages_and_returns",
-    make=_reinforce_max,
-    when=lambda settings: settings.advantage_estimator == "reinforce_max",
-    why="reinforce_max advantages (the seed fork's ProMax) on top of upstream's rloo path",
-))
-
-
-def apply_table(settings: OffPolicySettings, replace: Callable[[Any, str, Any], None], original) -> None:
-    """Install every entry whose condition holds (eagerly: imports each entry's module).
-
-    ``replace(owner, name, value)`` records the original for ``undo``; ``original(owner, name)``
-    returns the unpatched attribute.
-    """
-    for patch in PATCHES:
-        if patch.when(settings):
-            owner, name = patch.owner_and_name()
-            replace(owner, name, patch.make(original(owner, name), settings))

@@ -1,150 +1,96 @@
 """Install this project into a process running OpenRLHF 0.11.2: the one place that patches it.
 
-``apply(settings)`` replaces, in the current process:
-  * ``openrlhf.trainer.ray.ppo_actor.PolicyLoss``: the class ``ActorPPOTrainer.__init__`` builds its
-    loss from, with ``policy_loss_class(settings)``;
-  * ``ActorPPOTrainer.training_step``: wrapped so the loss writes its metrics into the
-    ``experience.info`` upstream merges into the logged status;
-  * ``openrlhf.trainer.ppo_utils.samples_generator.SamplingParams``: wrapped to request the
-    rollout log-probs (``logprobs``) whenever ``settings.request_rollout_logprobs``;
-  * ``openrlhf.trainer.ray.create_vllm_engines``: wrapped so the engines return processed
-    log-probs (``logprobs_mode="processed_logprobs"``: after temperature, as sampled);
-  * with ``--vllm_logprobs_topk``, the path of the rollout's top-K log-probs (``topk.py``).
-Upstream itself requests rollout log-probs only when its own ``is_correction_level`` is on.
-``apply`` is idempotent; ``undo`` restores upstream (tests).
+``install(settings)`` (alias ``apply``) registers, for every entry of ``patch_table.PATCHES``
+whose condition holds, a post-import hook on the entry's module: the entry is applied when that
+module is imported (or now, if it already is). Nothing is imported here: a process that never
+imports an upstream module never pays for it. ``current()`` is the settings installed (the
+wrappers read it when they are called, so a re-install with final settings reaches wrappers that
+upstream bound earlier). ``undo()`` restores every original and removes the hooks.
+
+Standard library only (plus ``settings`` and ``patch_table``): the Ray worker setup hook calls it.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from .loss import PENDING, OpenRLHFPolicyLoss, PendingTopK, policy_loss_class
+from . import imports
+from .patch_table import PATCHES, Patch
 from .settings import OffPolicySettings
 
-_originals: Dict[Tuple[object, str], object] = {}
-_applied: Optional[OffPolicySettings] = None
+_originals: Dict[Tuple[int, str], Tuple[object, str, object]] = {}  # (id(owner), name) -> (owner, name, original)
+_replacements: Dict[int, object] = {}  # id(replacement) -> the upstream original it stands for
+_applied_log: List[str] = []
+_installed: Optional[OffPolicySettings] = None
 
 
-def _replace(owner, name: str, value) -> None:
-    _originals.setdefault((owner, name), getattr(owner, name))
-    setattr(owner, name, value)
+def current() -> Optional[OffPolicySettings]:
+    """The settings installed in this process (None: not installed)."""
+    return _installed
 
 
-def _original(owner, name: str):
-    return _originals.get((owner, name), getattr(owner, name))
+def applied() -> List[str]:
+    """The symbols patched so far in this process, in order (``module.target``)."""
+    return list(_applied_log)
 
 
-def apply(settings: OffPolicySettings) -> None:
-    global _applied
-    if _applied == settings:
+def upstream_value(owner, name: str):
+    """The upstream attribute, even where one of our replacements currently stands."""
+    key = (id(owner), name)
+    if key in _originals:
+        return _originals[key][2]
+    value = getattr(owner, name)
+    return _replacements.get(id(value), value)
+
+
+def _apply_entry(patch: Patch, module, settings: OffPolicySettings) -> None:
+    owner, name = patch.owner_and_name(module)
+    original = upstream_value(owner, name)
+    key = (id(owner), name)
+    current_value = getattr(owner, name)
+    # Entries on the same symbol compose, in table order.
+    base = current_value if key in _originals else original
+    replacement = patch.make(base, settings)
+    _originals.setdefault(key, (owner, name, original))
+    _replacements[id(replacement)] = original
+    setattr(owner, name, replacement)
+    _applied_log.append(patch.symbol)
+
+
+def install(settings: OffPolicySettings) -> None:
+    """Patch every module of the table when it is imported (now, for those already imported)."""
+    global _installed
+    if _installed == settings:
         return
-    import openrlhf.trainer.ray as ray_package
-    from openrlhf.trainer.ppo_utils import samples_generator
-    from openrlhf.trainer.ray import ppo_actor
-
-    if _applied is not None:
+    if _installed is not None:
         undo()
-    _replace(ppo_actor, "PolicyLoss", policy_loss_class(settings))
-    trainer = ppo_actor.ActorPPOTrainer
-    _replace(trainer, "training_step", _with_metrics_sink(_original(trainer, "training_step")))
-    sampling_params = _original(samples_generator, "SamplingParams")
-    _replace(samples_generator, "SamplingParams", _with_rollout_logprobs(sampling_params))
-    _replace(ray_package, "create_vllm_engines", _with_logprobs_mode(_original(ray_package, "create_vllm_engines")))
-    if settings.logprobs_topk:
-        _apply_topk(settings.logprobs_topk)
-    from .patch_table import apply_table
-
-    apply_table(settings, _replace, _original)
-    _applied = settings
+    _installed = settings
+    by_module: Dict[str, List[Patch]] = {}
+    for patch in PATCHES:
+        if patch.when(settings):
+            by_module.setdefault(patch.module, []).append(patch)
+    for module_name, entries in by_module.items():
+        imports.when_imported(module_name, _applier(entries, settings))
 
 
-def _apply_topk(k: int) -> None:
-    import sys
+apply = install
 
-    import openrlhf.models.actor as actor_module
-    from openrlhf.trainer.ppo_utils import experience, replay_buffer, samples_generator
-    from openrlhf.trainer.ray import vllm_engine
-    from openrlhf.utils.agent import SingleTurnAgentExecutor
 
-    from . import topk
+def _applier(entries: List[Patch], settings: OffPolicySettings):
+    def on_import(module) -> None:
+        for patch in entries:
+            _apply_entry(patch, module, settings)
 
-    upstream_experience = experience.Experience
-    for name, module in list(sys.modules.items()):
-        if name.startswith("openrlhf.") and getattr(module, "Experience", None) is upstream_experience:
-            _replace(module, "Experience", topk.TopKExperience)
-    for module in (experience, replay_buffer):
-        _replace(module, "remove_padding_in_sequences", topk.remove_padding_in_sequences)
-    _replace(SingleTurnAgentExecutor, "execute", topk.with_topk_rows(SingleTurnAgentExecutor.execute, k))
-    generator = samples_generator.SamplesGenerator
-    _replace(generator, "_process_response_into_experience",
-             topk.with_topk_experience(generator._process_response_into_experience, k))
-    _replace(vllm_engine, "RolloutRayActor", topk.MaxLogprobsActor(vllm_engine.RolloutRayActor, k))
-    _replace(actor_module, "log_probs_from_logits", topk.with_topk_gather(actor_module.log_probs_from_logits))
-    _replace(actor_module.Actor, "forward", topk.with_topk_forward(actor_module.Actor.forward))
+    return on_import
 
 
 def undo() -> None:
-    global _applied
-    for (owner, name), value in _originals.items():
-        setattr(owner, name, value)
+    """Restore every replaced upstream symbol and remove the import hooks."""
+    global _installed
+    imports.clear()
+    for owner, name, original in reversed(list(_originals.values())):
+        setattr(owner, name, original)
     _originals.clear()
-    _applied = None
-
-
-def _with_metrics_sink(training_step):
-    """Around each micro-batch: the loss writes its metrics into ``experience.info``, and the
-    micro-batch's top-K data (if any) is announced to the actor forward and the loss."""
-
-    @functools.wraps(training_step)
-    def wrapped(self, experience, *args, **kwargs):
-        loss_fn = self.actor_loss_fn
-        if not isinstance(loss_fn, OpenRLHFPolicyLoss):
-            return training_step(self, experience, *args, **kwargs)
-        pending = None
-        if getattr(experience, "rollout_topk_ids", None) is not None:
-            pending = PENDING.set(PendingTopK.from_experience(experience))
-        loss_fn.experience_info = experience.info
-        try:
-            return training_step(self, experience, *args, **kwargs)
-        finally:
-            loss_fn.experience_info = None
-            if pending is not None:
-                PENDING.reset(pending)
-
-    return wrapped
-
-
-def rollout_logprobs_wanted(settings: Optional[OffPolicySettings]) -> int:
-    """How many log-probs per generated token to request from vLLM (0: none)."""
-    if settings is None:
-        return 0
-    if settings.logprobs_topk:
-        return settings.logprobs_topk
-    return 1 if settings.request_rollout_logprobs else 0
-
-
-# The wrappers read the settings applied when they are called, not when they were made: the
-# upstream CLI module binds ``create_vllm_engines`` at import, before the arguments are final.
-def _with_rollout_logprobs(sampling_params_cls):
-    def sampling_params(*args, **kwargs):
-        wanted = rollout_logprobs_wanted(_applied)
-        if wanted:
-            kwargs["logprobs"] = max(kwargs.get("logprobs") or 0, wanted)
-        return sampling_params_cls(*args, **kwargs)
-
-    return sampling_params
-
-
-def _with_logprobs_mode(create_vllm_engines):
-    signature = inspect.signature(create_vllm_engines)
-
-    @functools.wraps(create_vllm_engines)
-    def create(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        if rollout_logprobs_wanted(_applied) and not bound.arguments.get("logprobs_mode"):
-            bound.arguments["logprobs_mode"] = "processed_logprobs"
-        return create_vllm_engines(*bound.args, **bound.kwargs)
-
-    return create
+    _replacements.clear()
+    _applied_log.clear()
+    _installed = None

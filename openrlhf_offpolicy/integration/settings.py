@@ -1,11 +1,9 @@
-"""``OffPolicySettings``: what the CLI hands to every process of a run.
+"""``OffPolicySettings``: what the CLI hands to every process of a run. A plain value.
 
-It travels two ways, so that each Ray worker sees it however the job was started:
-  * as JSON in the environment variable ``OPENRLHF_OFFPOLICY_SETTINGS`` of the job's runtime env,
-    read by the ``worker_process_setup_hook`` (``worker.setup``) when a worker process starts;
-  * on upstream's ``args`` as ``args.offpolicy``: every upstream actor receives ``args`` (inside the
-    strategy) before it builds its trainer, and unpickling the settings installs the patches in
-    that process too. This covers a Ray cluster that was initialised before our CLI ran.
+It travels as JSON in the environment variable ``OPENRLHF_OFFPOLICY_SETTINGS`` of the job's
+runtime env, read by the ``worker_process_setup_hook`` (``worker.setup``) when a Ray worker process
+starts. This module imports only the standard library (and ``upstream_args``, which does too), so
+the hook stays light; pickling and unpickling a settings object has no side effect.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, Optional
 
-from ..corrections import OffPolicyConfig, resolve_config
 from .upstream_args import loss_kwargs_from_args, vllm_enabled
 
 ENV_VAR = "OPENRLHF_OFFPOLICY_SETTINGS"
@@ -32,6 +29,10 @@ class OffPolicySettings:
     logprobs_topk:             ask vLLM for the top-K log-probs of every generated token (0: off).
     advantage_estimator:       our estimator replacing upstream's (``reinforce_max``), None: upstream's.
     uniform_scale:             reinforce_max: a group with equal rewards gets r/n instead of 0.
+    match_rollout_sampling:    ``--match_rollout_sampling``: the trainer's old and current log-probs
+                               use the rollout's top-k / top-p / min-p truncation (see ``sampling``).
+    rollout_top_k, rollout_top_p, rollout_min_p:
+                               the rollout's truncation, as upstream passes it to vLLM.
     """
 
     loss_kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -40,15 +41,21 @@ class OffPolicySettings:
     logprobs_topk: int = 0
     advantage_estimator: Optional[str] = None
     uniform_scale: bool = False
+    match_rollout_sampling: bool = False
+    rollout_top_k: int = -1
+    rollout_top_p: float = 1.0
+    rollout_min_p: float = 0.0
 
-    def loss_config(self, args) -> OffPolicyConfig:
+    def loss_config(self, args):
         """Resolve (and validate) the ``PolicyLoss`` configuration for upstream ``args``."""
+        from ..corrections import resolve_config
+
         kwargs = loss_kwargs_from_args(args)
         if self.policy_loss_type is not None:
             kwargs["policy_loss_type"] = self.policy_loss_type
         return resolve_config(**kwargs, **self.loss_kwargs)
 
-    def check(self, args, explicit_flags: Iterable[str] = ()) -> OffPolicyConfig:
+    def check(self, args, explicit_flags: Iterable[str] = ()):
         """Validate the settings against upstream ``args``; ValueError with a one-line reason."""
         upstream_type = args.actor.policy_loss_type
         if (
@@ -73,9 +80,12 @@ class OffPolicySettings:
                 f"{what} needs the rollout log-probs pi_roll that only vLLM engines produce, "
                 "but vLLM is off (--vllm.num_engines is unset or 0)"
             )
+        from .sampling import check_sampling
+
+        check_sampling(self, config, args)
         return config
 
-    def _check_topk(self, config: OffPolicyConfig, args) -> None:
+    def _check_topk(self, config, args) -> None:
         k = self.logprobs_topk
         if not 0 <= k <= MAX_LOGPROBS_TOPK:
             raise ValueError(f"--vllm_logprobs_topk must lie in 1..{MAX_LOGPROBS_TOPK} (vLLM's limit), got {k}")
@@ -98,14 +108,3 @@ class OffPolicySettings:
     @classmethod
     def from_json(cls, payload: str) -> "OffPolicySettings":
         return cls(**json.loads(payload))
-
-    def __reduce__(self):
-        return (_unpickle_and_install, (self.to_json(),))
-
-
-def _unpickle_and_install(payload: str) -> OffPolicySettings:
-    settings = OffPolicySettings.from_json(payload)
-    from .patches import apply  # imported here: unpickling happens inside upstream's worker processes
-
-    apply(settings)
-    return settings

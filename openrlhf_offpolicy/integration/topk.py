@@ -1,7 +1,7 @@
 """Carry the rollout's top-K log-probs from vLLM to the loss (``--vllm_logprobs_topk K``,
 README "Top-K divergences").
 
-Path of the data, and what is patched on it (``install``, called by ``patches.apply``):
+Path of the data, and what is patched on it (the ``topk_on`` entries of ``patch_table``):
   1. vLLM engines are created with ``max_logprobs >= K`` and sampled with ``logprobs=K``
      (``patches``): every generated token comes with its top-K log-probs under the processed
      (temperature-scaled) distribution, plus the sampled token's own.
@@ -15,15 +15,14 @@ Path of the data, and what is patched on it (``install``, called by ``patches.ap
      stored time-last (``[B, K, A]``): upstream pads step fields along the last dimension, and
      ``remove_padding_in_sequences`` is replaced by a version that trims the last dimension.
   4. ``ActorPPOTrainer.training_step`` announces the micro-batch's ids; ``Actor.forward`` maps them
-     to its logits layout (padded or packed) and its log-prob function gathers pi_theta's
-     log-probs at the ids with the same log-normaliser as the sampled tokens
-     (``models/logprobs.py``); the loss receives them with the experience's top-K fields.
+     to its logits layout (padded or packed) and its log-prob function (``wrappers.log_probs_from_logits``,
+     the same kernel for old and current log-probs) gathers pi_theta's log-probs at the ids with the
+     same log-normaliser as the sampled tokens; the loss receives them with the experience's top-K fields.
 Multi-turn agent executors carry no top-K data; the CLI rejects that combination before Ray.
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import math
 from dataclasses import dataclass, fields
@@ -33,8 +32,8 @@ import torch
 from openrlhf.trainer.ppo_utils.experience import Experience, tensor_field
 
 from ..corrections.topk import LOG_PROB_FLOOR
-from ..models.logprobs import log_probs_with_topk
 from .loss import PENDING, PendingTopK
+from .wrappers import LOGITS_TOPK_IDS
 
 EMPTY_ID = -1
 
@@ -166,26 +165,6 @@ def remove_padding_in_sequences(items: List[Experience]) -> List[Experience]:
 
 
 # --------------------------------------------------------------------------- training side
-_LOGITS_IDS = contextvars.ContextVar("openrlhf_offpolicy_logits_topk_ids", default=None)
-
-
-def with_topk_gather(log_probs_from_logits):
-    """Upstream's log-prob function, extended to gather the announced top-K ids in the same pass."""
-
-    @functools.wraps(log_probs_from_logits)
-    def wrapped(logits, labels, temperature: float = 1.0):
-        request = _LOGITS_IDS.get()
-        if request is None or logits.dtype not in (torch.float32, torch.float64):
-            return log_probs_from_logits(logits, labels, temperature)
-        if temperature != 1.0:
-            logits.div_(temperature)
-        label_lp, topk_lp = log_probs_with_topk(logits, labels, request["ids"])
-        request["log_probs"] = topk_lp.detach()
-        return label_lp
-
-    return wrapped
-
-
 def with_topk_forward(forward):
     """Actor.forward: place the micro-batch's top-K ids in the logits layout, collect pi_theta there."""
 
@@ -206,11 +185,14 @@ def with_topk_forward(forward):
             packed_rows = torch.nonzero(attention_mask.flatten(), as_tuple=False).flatten()
             ids = ids.reshape(batch * seqlen, k)[packed_rows].unsqueeze(0)
         request = {"ids": ids}
-        token = _LOGITS_IDS.set(request)
+        token = LOGITS_TOPK_IDS.set(request)
         try:
             out = forward(self, sequences, action_mask, attention_mask, *args, **kwargs)
         finally:
-            _LOGITS_IDS.reset(token)
+            LOGITS_TOPK_IDS.reset(token)
+        if "log_probs" not in request:
+            raise RuntimeError("the actor forward did not compute its log-probs through the patched "
+                               "log_probs_from_logits (float32 logits needed with --vllm_logprobs_topk)")
         gathered = request["log_probs"]
         if packed_rows is not None:
             full = gathered.new_zeros(batch * seqlen, k)
@@ -220,3 +202,28 @@ def with_topk_forward(forward):
         return out
 
     return wrapped
+
+
+# --------------------------------------------------------------------------- patch_table factories
+def experience_class(original, settings):
+    return TopKExperience
+
+
+def remove_padding(original, settings):
+    return remove_padding_in_sequences
+
+
+def execute(original, settings):
+    return with_topk_rows(original, settings.logprobs_topk)
+
+
+def process_response(original, settings):
+    return with_topk_experience(original, settings.logprobs_topk)
+
+
+def rollout_actor(original, settings):
+    return MaxLogprobsActor(original, settings.logprobs_topk)
+
+
+def actor_forward(original, settings):
+    return with_topk_forward(original)

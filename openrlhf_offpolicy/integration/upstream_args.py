@@ -27,6 +27,7 @@ PEEKED_FLAGS: Dict[str, Dict[str, Any]] = {
     "--algo.advantage.is_correction_threshold": dict(type=float, nargs="+", default=[0.5, 5.0]),
     "--train.agent_func_path": dict(type=str, default=None),
     "--ds.ring_attn_size": dict(type=int, default=1),
+    "--rollout.top_p": dict(type=float, default=1.0),
     "--logger.wandb.group": dict(type=str, default=None),
     "--logger.wandb.run_name": dict(type=str, default=None),
     # issue 12: reinforce_max checks

@@ -3,10 +3,12 @@
 Same constructor kwargs (plus the seed-style correction API and every method parameter, see
 ``corrections.config``), same ``forward`` arguments, same 5-tuple
 ``(loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio)``. With only upstream kwargs the outputs
-and gradients equal upstream's. After every call ``self.metrics`` holds the diagnostics as detached
-float32 tensors: 0-d token means, or ``[B]`` per-sequence values (see ``corrections.diagnostics``).
-They are computed when ``metrics`` is first read, from tensors the call already made, so a caller
-that does not read them does not pay for them. Nothing here imports OpenRLHF.
+and gradients equal upstream's. After every call ``self.statistics`` holds every metric of the
+micro-batch as a statistic that reduces exactly over a training step (``corrections.metrics``),
+including upstream's ``ppo_clip_ratio`` / ``ppo_kl`` / ``vllm_kl`` / ``is_filter_ratio``, and
+``self.metrics`` the diagnostics' values on this micro-batch as detached 0-d float32 tensors. Both
+are computed when first read, from tensors the call already made, so a caller that does not read
+them does not pay for them. Nothing here imports OpenRLHF.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ import torch.nn as nn
 from ..corrections import CORRECTIONS, POLICY_LOSSES, TopK, aggregate_loss, make_topk, method_params, resolve_config
 from ..corrections.batch import make_policy_batch
 from ..corrections.config import UPSTREAM_GATES, correction_choices
-from ..corrections.diagnostics import correction_metrics, filter_ratio, mismatch_metrics
 from ..corrections.normalize import batch_normalize
 from ..corrections.rejection import apply_rejection
-from ..corrections.diagnostics import (clip_fraction, correction_metrics, filter_ratio, masked_total,
-                                      mismatch_metrics)
+from ..corrections.diagnostics import (clip_fraction, clip_statistic, correction_metrics, filter_ratio,
+                                      masked_total, mismatch_metrics)
+from ..corrections.metrics import Mean, Statistic, as_statistic, token_mean
 
 
 TOPK_ARGUMENTS = ("rollout_topk_ids", "rollout_topk_log_probs", "topk_log_probs", "action_ids")
 # Upstream 0.11.2's constructor order, so positional calls keep working.
+# Upstream's own outputs (training_step logs them under these names), kept out of ``metrics``.
+UPSTREAM_OUTPUTS = ("ppo_clip_ratio", "ppo_kl", "vllm_kl", "is_filter_ratio")
 UPSTREAM_POSITIONAL = ("clip_eps_low", "clip_eps_high", "dual_clip", "token_level_loss", "policy_loss_type",
                        "is_correction_level", "is_correction_mode", "is_correction_gating", "is_correction_threshold")
 
@@ -128,8 +132,11 @@ class PolicyLoss(nn.Module):
         )
         self.surrogate = POLICY_LOSSES.get(self.config.policy_loss_type).fn
         self.correction = CORRECTIONS.get(self.config.correction).fn
-        self._pending = None  # what the last forward left for the lazily computed metrics
+        self._pending = None  # what the last forward left for the lazily computed statistics
+        self._statistics: Optional[Dict[str, Statistic]] = {}
         self._metrics: Optional[Dict[str, torch.Tensor]] = {}
+        # Without a correction upstream's loss never reads pi_roll: a bad value must not drop a token.
+        self.rollout_in_loss = self.config.reads_rollout_log_probs
         # Upstream attribute names, for code that reads them off the module.
         self.policy_loss_type = self.config.policy_loss_type
         self.token_level_loss = self.config.token_level_loss
@@ -160,7 +167,8 @@ class PolicyLoss(nn.Module):
                 "(pi_roll), but none were passed"
             )
         batch, action_mask, nonfinite = make_policy_batch(
-            log_probs, old_log_probs, advantages, action_mask, rollout_log_probs, topk
+            log_probs, old_log_probs, advantages, action_mask, rollout_log_probs,
+            topk if self.config.needs_topk else None, rollout_in_loss=self.rollout_in_loss,
         )
 
         surrogate = self.surrogate(batch, self.config)
@@ -178,9 +186,10 @@ class PolicyLoss(nn.Module):
             vllm_kl = is_filter_ratio = None
             if self.config.correction_enabled:
                 vllm_kl = -batch.log_rho.sum() / batch.n_tokens  # mean(log pi_roll - log pi_old), = mismatch/k1
-                is_filter_ratio = filter_ratio(correction, batch)
-        self._pending = (batch.without_graph(), surrogate.metrics, correction, nonfinite, action_mask)
-        self._metrics = None
+                is_filter_ratio = filter_ratio(correction, batch).value().to(batch.mask.dtype)
+        self._pending = (batch.without_graph(), surrogate.clipped, surrogate.metrics, correction, nonfinite,
+                         action_mask)
+        self._statistics = self._metrics = None
         return loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio
 
     @staticmethod
@@ -189,27 +198,40 @@ class PolicyLoss(nn.Module):
         print(arguments_help())
 
     @property
-    def metrics(self) -> Dict[str, torch.Tensor]:
-        """The diagnostics of the last ``forward`` (detached float32 tensors), computed on first read."""
-        if self._metrics is None:
-            self._metrics = self._compute_metrics(*self._pending) if self._pending is not None else {}
+    def statistics(self) -> Dict[str, Statistic]:
+        """Every metric of the last ``forward`` as a step statistic (``corrections.metrics``), computed on first read."""
+        if self._statistics is None:
+            self._statistics = self._compute_statistics(*self._pending) if self._pending is not None else {}
             self._pending = None
+        return self._statistics
+
+    @property
+    def metrics(self) -> Dict[str, torch.Tensor]:
+        """The diagnostics' values on the last ``forward``'s micro-batch (detached 0-d float32 tensors)."""
+        if self._metrics is None:
+            self._metrics = {k: s.value().to(torch.float32) for k, s in self.statistics.items()
+                             if k not in UPSTREAM_OUTPUTS}
         return self._metrics
 
-    @metrics.setter
-    def metrics(self, value: Dict[str, torch.Tensor]) -> None:
-        self._metrics, self._pending = value, None
-
     @torch.no_grad()
-    def _compute_metrics(self, batch, surrogate_metrics, correction, nonfinite, action_mask) -> Dict[str, torch.Tensor]:
-        metrics = {"loss/nonfinite_frac": nonfinite / action_mask.sum().clamp(min=1.0)}
-        metrics.update(surrogate_metrics)
+    def _compute_statistics(self, batch, clipped, surrogate_metrics, correction, nonfinite,
+                            action_mask) -> Dict[str, Statistic]:
+        stats = {
+            "ppo_clip_ratio": clip_statistic(clipped, batch),
+            "ppo_kl": token_mean(batch.old_log_probs - batch.log_probs, batch.mask),
+            "loss/nonfinite_frac": Mean(total=torch.tensor(float(nonfinite)), count=action_mask.sum()),
+        }
+        stats.update(surrogate_metrics)
         if batch.rollout_log_probs is not None:
-            metrics.update(mismatch_metrics(batch))
-        metrics.update(correction.metrics)  # the correction's and the rejection criteria's own
+            stats.update(mismatch_metrics(batch))
+            if not self.rollout_in_loss:
+                stats["mismatch/nonfinite_frac"] = token_mean(batch.mask - batch.rollout_on, batch.mask)
+        stats.update(correction.metrics)  # the correction's and the rejection criteria's own
         if self.config.correction_enabled:
-            metrics.update(correction_metrics(correction, batch))
-        return {k: torch.as_tensor(v() if callable(v) else v).detach().float() for k, v in metrics.items()}
+            stats.update(correction_metrics(correction, batch))
+            stats["vllm_kl"] = stats["mismatch/k1"]  # mean(log pi_roll - log pi_old), upstream's vllm_kl
+            stats["is_filter_ratio"] = filter_ratio(correction, batch)
+        return {k: as_statistic(v() if callable(v) else v, batch.mask) for k, v in stats.items()}
 
     def _topk(self, log_probs, extra) -> Optional[TopK]:
         unknown = sorted(set(extra) - set(TOPK_ARGUMENTS))

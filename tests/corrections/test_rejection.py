@@ -175,9 +175,10 @@ def test_metrics_report_each_criterion_at_its_own_unit():
     assert m["rejection/token_k1:0.3/masked_frac"].dim() == 0
     assert m["rejection/token_k1:0.3/masked_frac"].item() == pytest.approx(
         (on & ~token_keep).sum().item() / on.sum().item())
-    per_seq = m["rejection/seq_mean_k3:0.02/masked_frac"]
-    assert per_seq.shape == (8,)
-    assert per_seq.tolist() == [float(not bool(seq_keep[b][0])) for b in range(8)]
+    per_seq = m["rejection/seq_mean_k3:0.02/masked_frac"]  # a sequence mean over the rows with tokens
+    rows = [b for b in range(8) if on[b].any()]
+    assert per_seq.dim() == 0
+    assert per_seq.item() == pytest.approx(sum(float(not bool(seq_keep[b][0])) for b in rows) / len(rows))
     assert m["rejection/masked_frac"].item() == pytest.approx(
         (on & ~(token_keep & seq_keep)).sum().item() / on.sum().item())
 
@@ -239,5 +240,6 @@ def test_any_input_and_any_criteria_give_a_finite_loss_and_fractions_in_range(se
     for name, value in m.items():
         if name.startswith("rejection/"):
             assert ((value >= 0) & (value <= 1)).all(), name
-    assert m["rejection/masked_frac"] >= max(v.mean() for k, v in m.items() if k.endswith("/masked_frac")
-                                             and k.startswith("rejection/") and v.dim() == 0)
+    token_criteria = [v for k, v in m.items() if k.startswith("rejection/token_") and k.endswith("/masked_frac")]
+    if token_criteria:  # a token rejected by one criterion is rejected overall
+        assert m["rejection/masked_frac"] >= max(token_criteria) - 1e-6

@@ -40,6 +40,7 @@ def probe_actors(args):
                 "threshold": list(loss.config.threshold),
                 "sampling_logprobs": params.logprobs,
                 "job_env": os.environ.get("PROBE_JOB_ENV"),
+                "user_hook_ran": os.environ.get("PROBE_USER_HOOK_RAN"),
             }
 
     report = ray.get(Probe.remote().report.remote())

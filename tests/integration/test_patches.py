@@ -61,26 +61,3 @@ def test_create_vllm_engines_gets_processed_logprobs_mode(applied, monkeypatch):
     ray_package.create_vllm_engines(1, 1, "m", 0, False, False, False, 2048, None, 0.9, False, None,
                                     agent_func_path=None, remote_rm_url=["r"], max_images_per_prompt=0)
     assert calls == ["processed_logprobs"]
-
-
-def test_training_step_points_the_loss_metrics_at_experience_info(applied):
-    from openrlhf.trainer.ray import ppo_actor
-
-    applied(OffPolicySettings())
-    seen = {}
-
-    class Trainer:
-        actor_loss_fn = ppo_actor.PolicyLoss()
-
-        def step(self, experience):
-            seen["sink"] = self.actor_loss_fn.experience_info
-            return "status"
-
-    Trainer.training_step = patches._with_metrics_sink(Trainer.step)
-
-    class Experience:
-        info = {}
-
-    trainer, experience = Trainer(), Experience()
-    assert trainer.training_step(experience) == "status"
-    assert seen["sink"] is experience.info and trainer.actor_loss_fn.experience_info is None

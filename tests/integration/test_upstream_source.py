@@ -29,7 +29,7 @@ def test_the_source_parser_equals_the_parser_upstreams_module_builds(monkeypatch
     with pytest.raises(SystemExit):
         runpy.run_module(upstream_source.UPSTREAM_MODULE, run_name="__main__")
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", original)
-    assert _actions(built[0]) == _actions(upstream_source.upstream_parser())
+    assert _actions(upstream_source.extend_choices(built[0])) == _actions(upstream_source.upstream_parser())
 
 
 def test_reading_the_parser_imports_no_upstream_module():

@@ -217,8 +217,12 @@ def test_non_finite_log_probs_are_masked_and_counted_never_nan(loss, corr):
     assert torch.isfinite(out[0])
     assert torch.isfinite(inputs["log_probs"].grad).all()
     assert inputs["log_probs"].grad[0, 1] == 0
-    assert module.metrics["loss/nonfinite_frac"].item() == pytest.approx(4 / 24)
-    assert all(torch.isfinite(v).all() for v in module.metrics.values())
+    if module.rollout_in_loss:
+        assert module.metrics["loss/nonfinite_frac"].item() == pytest.approx(4 / 24)
+    else:  # pi_roll is read by the diagnostics only: its token stays in the loss (as upstream)
+        assert module.metrics["loss/nonfinite_frac"].item() == pytest.approx(3 / 24)
+        assert module.metrics["mismatch/nonfinite_frac"].item() == pytest.approx(1 / 21)
+    assert all(torch.isfinite(v) for v in module.metrics.values())
     for v in out[1:]:
         assert v is None or torch.isfinite(v)
 
@@ -309,11 +313,10 @@ def test_metrics_carry_the_spec_names_as_detached_scalars(loss, corr):
         assert CORRECTION_METRICS <= names
     assert {"mismatch/k1", "mismatch/k3", "mismatch/max_k2"} <= names
     assert set(module.config.metric_names) <= names, "a registered metric is missing"
-    batch = random_inputs(seed=13)["log_probs"].shape[0]
     for name, v in module.metrics.items():
-        assert not v.requires_grad
-        # per-sequence metrics are [B] vectors (exact under upstream's per-sample reduction)
-        assert v.shape == ((batch,) if name in PER_SEQUENCE_METRICS else ()), name
+        assert not v.requires_grad and v.dim() == 0, name
+    for name in PER_SEQUENCE_METRICS & names:  # sequence means reduce over sequences, not tokens
+        assert module.statistics[name].count.item() <= random_inputs(seed=13)["log_probs"].shape[0], name
 
 
 def test_mismatch_metrics_match_their_definitions():
@@ -415,3 +418,29 @@ def test_a_misspelled_argument_gets_a_did_you_mean():
         PolicyLoss(clip_eps_hgih=0.28)
     with pytest.raises(ValueError, match=r"did you mean 'sapo_tau_pos'\?"):
         PolicyLoss(policy_loss_type="sapo", sapo_tau_po=2.0)
+
+
+def test_an_unused_non_finite_rollout_log_prob_leaves_the_loss_equal_to_upstream():
+    """Without a correction upstream's loss never reads pi_roll; a bad value there changes nothing."""
+    from openrlhf.models.loss import PolicyLoss as UpstreamPolicyLoss
+
+    inputs = random_inputs(batch=1, length=3, seed=3, min_len=3, dtype=torch.float32)
+    inputs["rollout_log_probs"] = inputs["rollout_log_probs"].clone()
+    inputs["rollout_log_probs"][0, 1] = float("nan")
+    ours = PolicyLoss()(**inputs)[0]
+    theirs = UpstreamPolicyLoss()(**inputs)[0]
+    assert torch.equal(ours, theirs)
+
+
+def test_an_empty_sequence_is_not_a_filtered_unit_deliberately_unlike_upstream():
+    """Upstream 0.11.2 counts a row without action tokens as filtered at sequence level (its
+    statistic is 0/0 = NaN); we count sequences that have tokens. One kept row + one empty row:
+    upstream 0.5, ours 0.0."""
+    from openrlhf.models.loss import PolicyLoss as UpstreamPolicyLoss
+
+    inputs = random_inputs(batch=2, length=4, seed=4, min_len=4, mismatch_scale=0.0, dtype=torch.float32)
+    inputs["action_mask"] = inputs["action_mask"].clone()
+    inputs["action_mask"][1] = 0
+    kwargs = dict(is_correction_level="seq", is_correction_mode="mask")
+    assert UpstreamPolicyLoss(**kwargs)(**inputs)[4].item() == 0.5
+    assert PolicyLoss(**kwargs)(**inputs)[4].item() == 0.0
