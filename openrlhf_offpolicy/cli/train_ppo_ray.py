@@ -3,7 +3,7 @@
 Every upstream OpenRLHF 0.11.2 flag is accepted unchanged and parsed by upstream's own parser; this
 module adds (SPEC §4):
     --enable_vllm_is_correction, --vllm_is_truncated_threshold LOW HIGH, --vllm_is_correction_type,
-    --policy_loss_type, one --<name> per method parameter, --vllm_logprobs_topk K, --config FILE.yaml,
+    --policy_loss_type, one --<name> per method parameter, --vllm_logprobs_topk K, --routing_replay, --config FILE.yaml,
     --dry_run, --no_mismatch_metrics.
 Our flags are validated before anything heavy is imported, so a bad value or a contradiction
 exits with status 2 and a one-line reason within a second or two, long before Ray starts.
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vllm_logprobs_topk", type=int, default=0, metavar="K",
                         help="request the top-K log-probs of every generated token from vLLM (1..20) for the "
                         "topk_tv / topk_kl divergences")
+    parser.add_argument("--routing_replay", default="off", choices=("off", "r2", "r3"),
+                        help="MoE routing replay: r2 replays the old-log-prob forward's routing in training, "
+                        "r3 replays vLLM's rollout routing in both actor forwards")
     parser.add_argument("--no_mismatch_metrics", action="store_true",
                         help="request rollout log-probs from vLLM only when a method needs them "
                         "(mismatch/* metrics are then missing from runs without a correction)")
@@ -147,6 +150,7 @@ def settings_from(ns: argparse.Namespace) -> OffPolicySettings:
         policy_loss_type=ns.policy_loss_type,
         request_rollout_logprobs=not ns.no_mismatch_metrics,
         logprobs_topk=ns.vllm_logprobs_topk,
+        routing_replay=ns.routing_replay,
     )
 
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, Optional
 
 from ..corrections import OffPolicyConfig, resolve_config
+from .routing_checks import check_routing_replay
 from .upstream_args import loss_kwargs_from_args, vllm_enabled
 
 ENV_VAR = "OPENRLHF_OFFPOLICY_SETTINGS"
@@ -30,12 +31,14 @@ class OffPolicySettings:
     policy_loss_type:          ``--policy_loss_type`` (None: keep upstream's ``--actor.policy_loss_type``).
     request_rollout_logprobs:  ask vLLM for the sampled token's log-prob (pi_roll).
     logprobs_topk:             ask vLLM for the top-K log-probs of every generated token (0: off).
+    routing_replay:            MoE routing replay: "off", "r2" (training routing) or "r3" (rollout routing).
     """
 
     loss_kwargs: Dict[str, Any] = field(default_factory=dict)
     policy_loss_type: Optional[str] = None
     request_rollout_logprobs: bool = True
     logprobs_topk: int = 0
+    routing_replay: str = "off"
 
     def loss_config(self, args) -> OffPolicyConfig:
         """Resolve (and validate) the ``PolicyLoss`` configuration for upstream ``args``."""
@@ -58,6 +61,7 @@ class OffPolicySettings:
             )
         config = self.loss_config(args)
         self._check_topk(config, args)
+        check_routing_replay(self.routing_replay, args, self.logprobs_topk)
         if config.needs_rollout_log_probs and not vllm_enabled(args):
             what = config.correction if config.correction_enabled else f"{config.policy_loss_type} with a correction"
             raise ValueError(

@@ -195,7 +195,8 @@ class RoutingReplay:
         self._ids: Optional[torch.Tensor] = None
         self._mask: Optional[torch.Tensor] = None
         self._recorded: Dict[int, torch.Tensor] = {}
-        self._counts: Dict[int, tuple] = {}
+        self._counts: Dict[int, tuple] = {}  # layer -> (replayed [N] bool, flipped [N] bool)
+        self._on_forward: Optional[Callable] = None
         self._handles = [r.register_forward_hook(self._hook) for r in self.routers]
 
     @classmethod
@@ -229,8 +230,12 @@ class RoutingReplay:
         return torch.stack([self._recorded[i] for i in range(self.num_layers)], dim=1)
 
     @contextlib.contextmanager
-    def replay(self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None) -> Iterator[None]:
-        """Route the positions of ``mask`` (``[N]`` bool, default all) through ``ids`` ``[N, L, k]``."""
+    def replay(self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None,
+               on_forward: Optional[Callable[["RoutingReplay"], None]] = None) -> Iterator[None]:
+        """Route the positions of ``mask`` (``[N]`` bool, default all) through ``ids`` ``[N, L, k]``.
+
+        ``on_forward(self)`` is called each time the last MoE layer has routed (after every forward,
+        and again after a gradient-checkpointing recomputation, with the same counts)."""
         if ids.dim() != 3 or ids.shape[1:] != (self.num_layers, self.top_k):
             raise RoutingReplayError(f"replayed ids have shape {tuple(ids.shape)}, the model needs "
                                      f"[tokens, {self.num_layers}, {self.top_k}]")
@@ -240,14 +245,23 @@ class RoutingReplay:
         self._ids = ids.long()
         self._mask = mask.bool() if mask is not None else None
         self._counts = {}
+        self._on_forward = on_forward
         try:
             yield
         finally:
-            self._mode, self._ids, self._mask = None, None, None
+            self._mode, self._ids, self._mask, self._on_forward = None, None, None, None
 
-    def counts(self) -> RoutingCounts:
-        """Replayed and flipped (token, layer) pairs of the last replayed forward."""
-        return RoutingCounts(sum(c[0] for c in self._counts.values()), sum(c[1] for c in self._counts.values()))
+    def counts(self, where: Optional[torch.Tensor] = None) -> RoutingCounts:
+        """Replayed and flipped (token, layer) pairs of the last replayed forward, over the
+        positions ``where`` (``[N]`` bool, default all)."""
+        replayed = flipped = 0
+        for mask, flips in self._counts.values():
+            if where is not None:
+                keep = where.to(mask.device).bool()
+                mask, flips = mask & keep, flips & keep
+            replayed += int(mask.sum())
+            flipped += int(flips.sum())
+        return RoutingCounts(replayed, flipped)
 
     def _enter(self, mode: str) -> None:
         if self._mode is not None:
@@ -275,6 +289,8 @@ class RoutingReplay:
         if ids.min() < 0 or ids.max() >= self.num_experts:
             raise RoutingReplayError(f"replayed expert ids must lie in 0..{self.num_experts - 1}")
         flipped = (own.sort(dim=-1).values != ids.sort(dim=-1).values).any(dim=-1) & mask
-        self._counts[layer] = (int(mask.sum()), int(flipped.sum()))
+        self._counts[layer] = (mask, flipped)
+        if layer == self.num_layers - 1 and self._on_forward is not None:
+            self._on_forward(self)
         weights = GATE_RULES[type(router).__name__](router, logits, ids)
         return logits, weights, ids
