@@ -1,6 +1,6 @@
 # make test   create .venv, install the project with every test dependency, run the suite
 # make lab    run the CPU lab (estimator bench + mismatch lab) on its defaults -> lab_results/
-# make bench  loss and top-K benchmarks against upstream OpenRLHF 0.11.2 -> bench_results/
+# make bench  loss, top-K and MoE routing-replay benchmarks (against upstream OpenRLHF 0.11.2) -> bench_results/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -40,6 +40,7 @@ lab: $(VENV)/.lab
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench_loss.py --out bench_results
 	$(PY) benchmarks/bench_topk.py --out bench_results
+	$(PY) benchmarks/bench_routing.py --out bench_results
 
 clean:
 	rm -rf $(VENV) lab_results bench_results
