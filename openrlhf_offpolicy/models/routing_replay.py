@@ -26,11 +26,10 @@ and replayed ids are ``[N, L, k]`` in that order (L = MoE layers in module order
 ``to_router_order`` / ``from_router_order`` convert to and from the per-sequence ``[B, L, k, T]``
 layout the experience stores (time last, so upstream pads it like its other step fields).
 
-Metrics, over the replayed (token, layer) pairs of one forward:
-  * ``routing/replayed_frac``: replayed pairs / pairs of the attended positions that influence a
-    log-prob (every valid position but each sequence's last, see ``influential_positions``);
-  * ``routing/flip_rate``: pairs whose router's own top-k set differs from the replayed set,
-    over the replayed pairs.
+Counts: each replayed forward keeps, per MoE layer, which positions were replayed and which of
+them flipped (the router's own top-k set differs from the replayed set); ``counts(where)`` sums
+them over chosen positions. ``integration/routing.py`` turns them into ``routing/flip_rate`` and
+``routing/replayed_frac`` over the positions that score action tokens.
 """
 
 from __future__ import annotations
