@@ -1,6 +1,6 @@
 """MoE routing lab: a tiny MoE policy whose rollout engine routes differently from its trainer.
 
-    python -m openrlhf_offpolicy.lab.moe [--router-noise 1.0] [--steps 60] [--seeds 0 1] \
+    python -m openrlhf_offpolicy.lab.moe [--router-noise 1.0] [--steps 30] [--seeds 0 1] \
         [--methods "no correction" tis r3 "r3 + tis"] [--out lab_results/moe]
 
 The policy is a tiny random Hugging Face Qwen3-MoE (built from a config, warmed up with a short
@@ -58,12 +58,12 @@ DEFAULT_METHODS = list(METHODS)
 class MoELabConfig:
     task: str = "cumsum"
     prompt_len: int = 4
-    router_noise: float = 0.5
+    router_noise: float = 1.0
     warmup_steps: int = 60
-    steps: int = 40
+    steps: int = 30
     prompts_per_step: int = 8
     samples_per_prompt: int = 8
-    lr: float = 2e-3
+    lr: float = 5e-4
     evaluate_every: int = 10
     eval_prompts: int = 256
     seeds: List[int] = field(default_factory=lambda: [0, 1])
