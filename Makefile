@@ -1,6 +1,7 @@
 # make test   create .venv, install the project with every test dependency, run the suite
 # make lab    run the CPU lab (estimator bench + mismatch lab) on its defaults -> lab_results/
-# make bench  loss (vs upstream OpenRLHF 0.11.2 TIS, verl 0.9.1, TRL 1.16.0) and top-K benchmarks -> bench_results/
+# make bench  loss (vs upstream OpenRLHF 0.11.2 TIS, verl 0.9.1, TRL 1.16.0), top-K and MoE routing-replay
+#             benchmarks -> bench_results/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -46,6 +47,7 @@ $(PEERS_DIR)/.installed: $(VENV)/.test
 bench: $(VENV)/.test $(PEERS_DIR)/.installed
 	$(PY) benchmarks/bench_loss.py --out bench_results
 	$(PY) benchmarks/bench_topk.py --out bench_results
+	$(PY) benchmarks/bench_routing.py --out bench_results
 
 clean:
 	rm -rf $(VENV) lab_results bench_results

@@ -4,7 +4,7 @@ Every upstream OpenRLHF 0.11.2 flag is accepted unchanged and parsed by upstream
 module adds (see the README, "Our flags"):
     --enable_vllm_is_correction, --vllm_is_truncated_threshold LOW HIGH, --vllm_is_correction_type,
     --policy_loss_type, --rejection CRITERION [...], --is_batch_normalize, one --<name> per method
-    parameter, --vllm_logprobs_topk K, --config FILE.yaml,
+    parameter, --vllm_logprobs_topk K, --routing_replay {off,r2,r3}, --config FILE.yaml,
     --dry_run, --no_mismatch_metrics, --match_rollout_sampling, --uniform_scale (with
     --algo.advantage.estimator reinforce_max).
 The seed fork's OpenRLHF 0.9.x flat flags (``--pretrain``, ...) are translated to 0.11.2's, one
@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vllm_logprobs_topk", type=int, default=0, metavar="K",
                         help="request the top-K log-probs of every generated token from vLLM (1..20) for the "
                         "topk_tv / topk_kl divergences")
+    parser.add_argument("--routing_replay", default="off", choices=("off", "r2", "r3"),
+                        help="MoE routing replay: r2 replays the old-log-prob forward's routing in training, "
+                        "r3 replays vLLM's rollout routing in both actor forwards")
     parser.add_argument("--no_mismatch_metrics", action="store_true",
                         help="request rollout log-probs from vLLM only when a method needs them "
                         "(mismatch/* metrics are then missing from runs without a correction)")
@@ -184,6 +187,7 @@ def settings_from(ns: argparse.Namespace) -> OffPolicySettings:
         request_rollout_logprobs=not ns.no_mismatch_metrics,
         logprobs_topk=ns.vllm_logprobs_topk,
         match_rollout_sampling=ns.match_rollout_sampling,
+        routing_replay=ns.routing_replay,
     )
 
 

@@ -31,6 +31,11 @@ def topk_on(settings: OffPolicySettings) -> bool:
     return bool(settings.logprobs_topk)
 
 
+def time_last_fields(settings: OffPolicySettings) -> bool:
+    """The experience carries step fields stored time-last (top-K log-probs, routed experts)."""
+    return bool(settings.logprobs_topk) or settings.routing_replay != "off"
+
+
 def own_log_prob_kernel(settings: OffPolicySettings) -> bool:
     """The actor's log-probs go through ``models.logprobs`` (top-K gather, rollout truncation)."""
     return bool(settings.logprobs_topk) or settings.match_rollout_sampling
@@ -116,8 +121,8 @@ PATCHES: List[Patch] = [
     *[Patch(module, "Experience", _factory("topk:experience_class"), when=topk_on,
             why="Experience plus the rollout's top-K fields, wherever upstream bound the name")
       for module in _EXPERIENCE_MODULES],
-    *[Patch(module, "remove_padding_in_sequences", _factory("topk:remove_padding"), when=topk_on,
-            why="trim the time-last top-K fields too")
+    *[Patch(module, "remove_padding_in_sequences", _factory("topk:remove_padding"), when=time_last_fields,
+            why="trim the time-last step fields too (top-K, routed experts)")
       for module in ("openrlhf.trainer.ppo_utils.experience", "openrlhf.trainer.ppo_utils.replay_buffer")],
     Patch("openrlhf.utils.agent", "SingleTurnAgentExecutor.execute", _factory("topk:execute"), when=topk_on,
           why="convert vLLM's per-token top-K dicts into ids and log-probs"),
@@ -146,3 +151,54 @@ def register(patch: Patch) -> Patch:
     """Add an entry (prefer appending to ``PATCHES`` above, in a block commented with your issue)."""
     PATCHES.append(patch)
     return patch
+# --- MoE routing replay (--routing_replay r2/r3); the replacements live in ``routing``. Entries on a
+# symbol another entry above already replaces (Actor.forward, training_step) compose on top of it.
+def routing_on(settings: OffPolicySettings) -> bool:
+    return settings.routing_replay != "off"
+
+
+def routing_r3(settings: OffPolicySettings) -> bool:
+    return settings.routing_replay == "r3"
+
+
+def routing_r2(settings: OffPolicySettings) -> bool:
+    return settings.routing_replay == "r2"
+
+
+def _routing(factory: str, mode: bool = False) -> Callable[[Any, OffPolicySettings], Any]:
+    """``routing.<factory>(original[, mode])``, imported when the patch is applied."""
+
+    def make(original, settings):
+        from . import routing
+
+        args = (original, settings.routing_replay) if mode else (original,)
+        return getattr(routing, factory)(*args)
+
+    make.__name__ = make.__qualname__ = f"routing:{factory}"
+    return make
+
+
+_PPO = "openrlhf.trainer.ppo_utils."
+PATCHES += [
+    *[Patch(module, "Experience", _factory("routing:routed_experience_class"), routing_on,
+            "Experience plus routed_experts [B, L, k, T], wherever upstream bound the name")
+      for module in (*_EXPERIENCE_MODULES, _PPO + "replay_buffer")],
+    Patch("openrlhf.trainer.ray.vllm_engine", "RolloutRayActor", _routing("RoutedExpertsActor"), routing_r3,
+          "engines with enable_return_routed_experts=True"),
+    Patch("openrlhf.utils.agent", "SingleTurnAgentExecutor.execute", _routing("with_routed_experts"), routing_r3,
+          "keep CompletionOutput.routed_experts"),
+    Patch(_PPO + "samples_generator", "SamplesGenerator._process_response_into_experience",
+          _routing("with_routed_experience"), routing_r3, "routed experts into the experience"),
+    Patch(_PPO + "experience_maker", "RemoteExperienceMaker.make_experience",
+          _routing("with_routing_samples", mode=True), routing_on, "micro-batches for the actor forward"),
+    Patch(_PPO + "experience_maker", "RemoteExperienceMaker._dispatch_forward",
+          _routing("with_routing_dispatch", mode=True), routing_on, "routing to the old-log-prob forward"),
+    Patch(_PPO + "experience_maker", "RemoteExperienceMaker._flatten_results",
+          _routing("with_recorded_split"), routing_r2, "r2: keep the recorded routing"),
+    Patch("openrlhf.trainer.ray.launcher", "BaseModelActor.execute_batch",
+          _routing("with_routing_execute_batch"), routing_on, "routing per item to Actor.forward"),
+    Patch("openrlhf.models.actor", "Actor.forward", _routing("with_routing_actor_forward"), routing_on,
+          "old-log-prob forward: replay (r3) or record (r2)"),
+    Patch(_PPO_ACTOR, "ActorPPOTrainer.training_step", _routing("with_routing_training_step"), routing_on,
+          "training forward replays the experience's routing"),
+]

@@ -33,6 +33,7 @@ class OffPolicySettings:
                                use the rollout's top-k / top-p / min-p truncation (see ``sampling``).
     rollout_top_k, rollout_top_p, rollout_min_p:
                                the rollout's truncation, as upstream passes it to vLLM.
+    routing_replay:            MoE routing replay: "off", "r2" (training routing) or "r3" (rollout routing).
     """
 
     loss_kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -45,6 +46,7 @@ class OffPolicySettings:
     rollout_top_k: int = -1
     rollout_top_p: float = 1.0
     rollout_min_p: float = 0.0
+    routing_replay: str = "off"
 
     def loss_config(self, args):
         """Resolve (and validate) the ``PolicyLoss`` configuration for upstream ``args``."""
@@ -72,6 +74,9 @@ class OffPolicySettings:
 
         check_estimator(self, args)
         self._check_topk(config, args)
+        from .routing_checks import check_routing_replay
+
+        check_routing_replay(self.routing_replay, args, self.logprobs_topk)
         if config.needs_rollout_log_probs and not vllm_enabled(args):
             what = config.correction if config.correction_enabled else f"{config.policy_loss_type} with a correction"
             if config.rejection and not config.correction_enabled:

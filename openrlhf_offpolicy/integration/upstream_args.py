@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Sequence
 # flag -> argparse keyword arguments, exactly as upstream 0.11.2 declares them.
 PEEKED_FLAGS: Dict[str, Dict[str, Any]] = {
     "--vllm.num_engines": dict(type=int, default=None),
+    "--actor.model_name_or_path": dict(type=str, default=None),
     "--actor.policy_loss_type": dict(type=str, default="ppo"),
     "--actor.eps_clip": dict(type=float, default=0.2),
     "--actor.eps_clip_low_high": dict(type=float, nargs=2, default=None),

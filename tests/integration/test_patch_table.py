@@ -57,15 +57,22 @@ def test_every_patched_upstream_symbol_is_unchanged_since_it_was_recorded():
     assert not changed, f"upstream changed under these patched symbols (read them again): {changed}"
 
 
-def test_every_entry_names_an_existing_symbol_and_is_listed_once():
-    symbols = [p.symbol for p in PATCHES]
-    assert len(symbols) == len(set(symbols))
+def test_every_entry_names_an_existing_symbol_and_no_replacement_is_listed_twice():
+    # A symbol may carry several entries (they compose in table order), each with its own replacement.
+    entries = [(p.symbol, p.make.__qualname__) for p in PATCHES]
+    assert len(entries) == len(set(entries))
     for patch in PATCHES:
         assert callable(patch.make) and patch.why, patch.symbol
         upstream_symbol(patch)
 
 
-def test_undo_restores_every_symbol_including_the_launcher_hooks(monkeypatch):
+@pytest.mark.parametrize("settings", [
+    OffPolicySettings(logprobs_topk=3, match_rollout_sampling=True, rollout_top_p=0.9,
+                      advantage_estimator="reinforce_max"),
+    OffPolicySettings(routing_replay="r3"),
+    OffPolicySettings(routing_replay="r2"),
+], ids=["topk-truncation-reinforce_max", "routing-r3", "routing-r2"])
+def test_undo_restores_every_symbol_including_the_launcher_hooks(monkeypatch, settings):
     from openrlhf_offpolicy.integration import launch
 
     monkeypatch.setattr(launch, "active", lambda: object())  # as while launch.run executes
@@ -73,12 +80,11 @@ def test_undo_restores_every_symbol_including_the_launcher_hooks(monkeypatch):
     for name in modules:
         importlib.import_module(name)
     before = {p.symbol: upstream_symbol(p) for p in PATCHES}
-    settings = OffPolicySettings(logprobs_topk=3, match_rollout_sampling=True, rollout_top_p=0.9,
-                                 advantage_estimator="reinforce_max")
+    active = {p.symbol for p in PATCHES if p.when(settings)}
     patches.install(settings)
     try:
-        assert sorted(set(patches.applied())) == sorted(before)
-        assert all(upstream_symbol(p) is not before[p.symbol] for p in PATCHES)
+        assert sorted(set(patches.applied())) == sorted(active)
+        assert all(upstream_symbol(p) is not before[p.symbol] for p in PATCHES if p.symbol in active)
     finally:
         patches.undo()
     assert {p.symbol: upstream_symbol(p) for p in PATCHES} == before
