@@ -4,7 +4,7 @@ Every upstream OpenRLHF 0.11.2 flag is accepted unchanged and parsed by upstream
 module adds (SPEC §4):
     --enable_vllm_is_correction, --vllm_is_truncated_threshold LOW HIGH, --vllm_is_correction_type,
     --policy_loss_type, one --<name> per method parameter, --vllm_logprobs_topk K, --config FILE.yaml,
-    --dry_run, --no_mismatch_metrics.
+    --dry_run, --no_mismatch_metrics, --max_staleness N, --bypass_old_logprobs, --vllm_dtype.
 Our flags are validated before anything heavy is imported, so a bad value or a contradiction
 exits with status 2 and a one-line reason within a second or two, long before Ray starts.
 """
@@ -20,7 +20,7 @@ import yaml
 
 from ..corrections import POLICY_LOSSES, correction_choices, method_params
 from ..integration.settings import OffPolicySettings
-from ..integration.upstream_args import given_flags, peek_upstream_args
+from ..integration.upstream_args import given_flags, peek_upstream_args, vllm_enabled
 
 PROG = "python -m openrlhf_offpolicy.cli.train_ppo_ray"
 
@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_mismatch_metrics", action="store_true",
                         help="request rollout log-probs from vLLM only when a method needs them "
                         "(mismatch/* metrics are then missing from runs without a correction)")
+    # issue 11: async off-policy training
+    parser.add_argument("--max_staleness", type=int, default=None, metavar="N",
+                        help="drop samples generated from weights more than N policy updates older than the "
+                        "trainer's (logged: staleness/dropped_frac)")
+    parser.add_argument("--bypass_old_logprobs", action="store_true",
+                        help="use vLLM's rollout log-probs as pi_old and skip the actor's old-log-prob forward")
+    parser.add_argument("--vllm_dtype", choices=["auto", "bfloat16", "float16"], default="auto",
+                        help="dtype of the vLLM engines; auto follows --ds.param_dtype (upstream: always bfloat16)")
     group = parser.add_argument_group("method parameters")
     for p in method_params().values():
         # SUPPRESS: a flag that is not given leaves no attribute, so "given" is distinguishable from
@@ -145,9 +153,23 @@ def settings_from(ns: argparse.Namespace) -> OffPolicySettings:
     return OffPolicySettings(
         loss_kwargs=loss_kwargs,
         policy_loss_type=ns.policy_loss_type,
-        request_rollout_logprobs=not ns.no_mismatch_metrics,
+        request_rollout_logprobs=not ns.no_mismatch_metrics or ns.bypass_old_logprobs,
         logprobs_topk=ns.vllm_logprobs_topk,
+        max_staleness=ns.max_staleness,
+        bypass_old_logprobs=ns.bypass_old_logprobs,
+        vllm_dtype=ns.vllm_dtype,
     )
+
+
+def with_engine_dtype(settings: OffPolicySettings, upstream_args) -> OffPolicySettings:
+    """The settings with the vLLM engines' dtype resolved (None without vLLM)."""
+    from dataclasses import replace
+
+    from ..integration.engine_dtype import resolve_engine_dtype
+
+    if not vllm_enabled(upstream_args):
+        return settings
+    return replace(settings, engine_dtype=resolve_engine_dtype(settings.vllm_dtype, upstream_args.ds.param_dtype))
 
 
 def parse(argv: Sequence[str]):
@@ -155,7 +177,9 @@ def parse(argv: Sequence[str]):
     tokens = expand_config(argv)
     ours, upstream_argv = build_parser().parse_known_args(tokens)
     settings = settings_from(ours)
-    settings.check(peek_upstream_args(upstream_argv), given_flags(upstream_argv))
+    peeked = peek_upstream_args(upstream_argv)
+    settings.check(peeked, given_flags(upstream_argv))
+    settings = with_engine_dtype(settings, peeked)
     return ours, settings, upstream_argv
 
 
@@ -198,7 +222,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if ours.dry_run:
         resolved = {
             "upstream": flatten(args),
-            "offpolicy": {"settings": json.loads(settings.to_json()), "policy_loss": config.describe()},
+            "offpolicy": {"settings": json.loads(settings.to_json()), "policy_loss": config.describe(),
+                          "vllm_engine_dtype": settings.engine_dtype},
         }
         print(json.dumps(resolved, indent=2, sort_keys=True, default=str))
     return 0

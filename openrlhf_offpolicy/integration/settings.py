@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, Optional
 
 from ..corrections import OffPolicyConfig, resolve_config
+from .async_settings import check_async_settings
 from .upstream_args import loss_kwargs_from_args, vllm_enabled
 
 ENV_VAR = "OPENRLHF_OFFPOLICY_SETTINGS"
@@ -30,12 +31,20 @@ class OffPolicySettings:
     policy_loss_type:          ``--policy_loss_type`` (None: keep upstream's ``--actor.policy_loss_type``).
     request_rollout_logprobs:  ask vLLM for the sampled token's log-prob (pi_roll).
     logprobs_topk:             ask vLLM for the top-K log-probs of every generated token (0: off).
+    max_staleness:             drop samples more than this many policy updates old (None: keep all).
+    bypass_old_logprobs:       use the rollout log-probs as pi_old; skip the actor's old-log-prob forward.
+    vllm_dtype:                ``--vllm_dtype`` as given (auto/bfloat16/float16).
+    engine_dtype:              the dtype the vLLM engines are created with (resolved; None: upstream's).
     """
 
     loss_kwargs: Dict[str, Any] = field(default_factory=dict)
     policy_loss_type: Optional[str] = None
     request_rollout_logprobs: bool = True
     logprobs_topk: int = 0
+    max_staleness: Optional[int] = None  # issue 11: async off-policy
+    bypass_old_logprobs: bool = False
+    vllm_dtype: str = "auto"
+    engine_dtype: Optional[str] = None
 
     def loss_config(self, args) -> OffPolicyConfig:
         """Resolve (and validate) the ``PolicyLoss`` configuration for upstream ``args``."""
@@ -58,6 +67,7 @@ class OffPolicySettings:
             )
         config = self.loss_config(args)
         self._check_topk(config, args)
+        check_async_settings(self, config, args)
         if config.needs_rollout_log_probs and not vllm_enabled(args):
             what = config.correction if config.correction_enabled else f"{config.policy_loss_type} with a correction"
             raise ValueError(

@@ -27,6 +27,7 @@ PEEKED_FLAGS: Dict[str, Dict[str, Any]] = {
     "--algo.advantage.is_correction_threshold": dict(type=float, nargs="+", default=[0.5, 5.0]),
     "--train.agent_func_path": dict(type=str, default=None),
     "--ds.ring_attn_size": dict(type=int, default=1),
+    "--ds.param_dtype": dict(type=str, default="bf16"),  # issue 11: --vllm_dtype auto follows it
     "--logger.wandb.group": dict(type=str, default=None),
     "--logger.wandb.run_name": dict(type=str, default=None),
 }
