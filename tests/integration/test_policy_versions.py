@@ -38,29 +38,35 @@ def ray_local():
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     if started:
         ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def actors(ray_local):
+    """One engine and one lock for the module (starting Ray actors is what costs time here)."""
+    from openrlhf.trainer import ppo_trainer_async as upstream
+
+    return SimpleNamespace(engine=ray_local.remote(FakeEngine).remote(), lock=upstream.VLLMLock.remote())
+
+
 @pytest.fixture
-def versions(ray_local):
+def versions(ray_local, actors):
     def apply(**settings):
-        policy_versions.reset_clock_handle()
-        try:
-            ray_local.kill(ray_local.get_actor(policy_versions.CLOCK_NAME))
-        except ValueError:
-            pass
         patches.apply(OffPolicySettings(**settings))
+        ray_local.get([policy_versions.clock().commit.remote(0), actors.engine.reset.remote()])
 
     yield apply
     patches.undo()
-    policy_versions.reset_clock_handle()
 
 
 class FakeEngine:
-    def __init__(self, token_delay: float = 0.0):
+    def __init__(self):
+        self.reset()
+
+    def reset(self, token_delay: float = 0.0):
         self.version = 0
         self.token_delay = token_delay
 
@@ -164,16 +170,17 @@ def make_trainer(cls, args, engines, models, **extra):
     return trainer
 
 
-def run_async(ray, args, queue_size, fit_seconds, token_delay=0.0):
+def run_async(ray, actors, args, queue_size, fit_seconds, token_delay=0.0):
     """Upstream's PPOTrainerAsync.fit, with its two actors as threads; returns (trainer, models)."""
     from ray.util.queue import Queue
 
     from openrlhf.trainer import ppo_trainer_async as upstream
     from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
-    engines = [ray.remote(FakeEngine).remote(token_delay)]
+    engines = [actors.engine]
+    ray.get(actors.engine.reset.remote(token_delay))
     models = Models(engines, fit_seconds)
-    lock = upstream.VLLMLock.remote()
+    lock = actors.lock
     rollout_queue, slots = Queue(maxsize=queue_size), Queue(maxsize=queue_size)
     for _ in range(queue_size):
         slots.put(0)
@@ -215,11 +222,11 @@ def _check_against_engine_truth(models):
             assert true_version - v.low >= true_version - first
 
 
-@pytest.mark.parametrize("queue_size", [1, 2])
-def test_async_staleness_is_the_true_lag_and_bounded_by_the_queue(versions, ray_local, monkeypatch, queue_size):
+def test_async_staleness_is_the_true_lag_and_bounded_by_the_queue(versions, ray_local, actors, monkeypatch):
+    queue_size = 2
     versions()
     _init_checkpoint_states_fresh(monkeypatch)
-    trainer, models = run_async(ray_local, make_args(), queue_size, fit_seconds=0.3)
+    trainer, models = run_async(ray_local, actors, make_args(), queue_size, fit_seconds=0.3)
     steps = [status for _, status in trainer.logged]
     assert len(models.trained) == 4 and len(steps) == 4
     lags = []
@@ -235,10 +242,10 @@ def test_async_staleness_is_the_true_lag_and_bounded_by_the_queue(versions, ray_
     assert max(lags) == queue_size  # the generator runs ahead by the queue, not more
 
 
-def test_max_staleness_drops_old_batches_and_skips_the_update(versions, ray_local, monkeypatch):
+def test_max_staleness_drops_old_batches_and_skips_the_update(versions, ray_local, actors, monkeypatch):
     versions(max_staleness=1)
     _init_checkpoint_states_fresh(monkeypatch)
-    trainer, models = run_async(ray_local, make_args(), queue_size=2, fit_seconds=0.3)
+    trainer, models = run_async(ray_local, actors, make_args(), queue_size=2, fit_seconds=0.3)
     statuses = [status for _, status in trainer.logged]
     assert any(s["staleness/dropped_frac"] == 1.0 and s["staleness/skipped_step"] == 1.0 for s in statuses)
     for true_version, samples in models.trained:
@@ -247,10 +254,12 @@ def test_max_staleness_drops_old_batches_and_skips_the_update(versions, ray_loca
     assert len(models.trained) + dropped == len(statuses) == 4
 
 
-def test_partial_rollouts_record_bounds_of_the_versions_their_tokens_came_from(versions, ray_local, monkeypatch):
+def test_partial_rollouts_record_bounds_of_the_versions_their_tokens_came_from(versions, ray_local, actors,
+                                                                                 monkeypatch):
     versions()
     _init_checkpoint_states_fresh(monkeypatch)
-    trainer, models = run_async(ray_local, make_args(partial=True), queue_size=2, fit_seconds=0.2, token_delay=0.3)
+    trainer, models = run_async(ray_local, actors, make_args(partial=True), queue_size=2, fit_seconds=0.2,
+                                token_delay=0.3)
     _check_against_engine_truth(models)
     spanned = [s for _, samples in models.trained for s in samples
                if int(s.info["first_version"][0]) != int(s.info["last_version"][0])]
@@ -259,14 +268,14 @@ def test_partial_rollouts_record_bounds_of_the_versions_their_tokens_came_from(v
     assert any(status["staleness/partial_frac"] > 0 for _, status in trainer.logged)
 
 
-def test_sync_trainer_sees_zero_staleness(versions, ray_local, monkeypatch):
+def test_sync_trainer_sees_zero_staleness(versions, ray_local, actors, monkeypatch):
     from openrlhf.trainer import ppo_trainer as upstream
     from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
     versions()
     _init_checkpoint_states_fresh(monkeypatch)
     args = make_args()
-    engines = [ray_local.remote(FakeEngine).remote()]
+    engines = [actors.engine]
     models = Models(engines)
     loader = Loader(6)
     trainer = make_trainer(_original_class(upstream.PPOTrainer), args, engines, models,
