@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from .engines import Mismatch, RolloutEngine, Trainer, supervised_warmup
+from .engines import ENGINE_DTYPES, Mismatch, RolloutEngine, Trainer, supervised_warmup
 from .model import TinyConfig
 from .task import DigitTask
 
@@ -256,7 +256,7 @@ class Loggers:
 
 
 def run_lab(config: LabConfig, methods: Sequence[str], out_dir: str, wandb_mode: Optional[str] = None,
-            progress: bool = True) -> Dict[str, List[List[dict]]]:
+            progress: bool = True, warm_state=None) -> Dict[str, List[List[dict]]]:
     import ray
 
     os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
@@ -267,7 +267,8 @@ def run_lab(config: LabConfig, methods: Sequence[str], out_dir: str, wandb_mode:
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     engine_cls = ray.remote(num_cpus=1)(RolloutEngine)
     trainer_cls = ray.remote(num_cpus=1)(Trainer)
-    warm_state = supervised_warmup(model_config, task, config.warmup_steps, seed=0)
+    if warm_state is None:  # callers running several labs on one task pass it once
+        warm_state = supervised_warmup(model_config, task, config.warmup_steps, seed=0)
     plain = {**asdict(config), "mismatch": config.mismatch.to_dict(), "model": model_config.to_dict()}
     group = f"lab-{config.task}-{config.mismatch.describe()}"
     histories: Dict[str, List[List[dict]]] = {}
@@ -311,7 +312,7 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="rollout engine precision")
+    parser.add_argument("--precision", default="fp32", choices=list(ENGINE_DTYPES), help="rollout engine precision")
     parser.add_argument("--noise-prob", type=float, default=0.0, help="fraction of generated tokens with logit noise")
     parser.add_argument("--noise-std", type=float, default=0.0, help="std of that logit noise")
     parser.add_argument("--staleness", type=int, default=3, help="engine weights lag the trainer by this many updates")
