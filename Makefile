@@ -1,6 +1,7 @@
 # make test   create .venv, install the project with every test dependency, run the suite
 # make lab    run the CPU lab (estimator bench + mismatch lab) on its defaults -> lab_results/
 # make bench  loss and top-K benchmarks against upstream OpenRLHF 0.11.2 -> bench_results/
+# make lab-async  staleness sweep + rollout precision comparison (async lab) -> lab_results/async/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # torch 2.13.0 (CPU build) installs from this machine's disk; an unpinned torch would pull CUDA wheels.
 TORCH := torch==2.13.0
 
-.PHONY: test lab bench clean
+.PHONY: test lab lab-async bench clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +38,13 @@ test: $(VENV)/.test
 lab: $(VENV)/.lab
 	$(PY) -m openrlhf_offpolicy.lab --out lab_results
 
+lab-async: $(VENV)/.lab
+	$(PY) -m openrlhf_offpolicy.lab.async_lab --out lab_results/async
+
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench_loss.py --out bench_results
 	$(PY) benchmarks/bench_topk.py --out bench_results
+	$(PY) benchmarks/bench_bypass.py --out bench_results
 
 clean:
 	rm -rf $(VENV) lab_results bench_results

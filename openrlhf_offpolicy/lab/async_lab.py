@@ -130,6 +130,23 @@ def plot(rows: List[dict], methods: Sequence[str], path: str) -> None:
     plt.close(fig)
 
 
+def _block(args, name: str, run) -> List[dict]:
+    """One run_lab block's rows; with --resume, reuse the rows a previous (interrupted) run saved."""
+    out = os.path.join(args.out, name)
+    saved = os.path.join(out, "rows.json")
+    if args.resume and os.path.exists(saved):
+        with open(saved) as f:
+            return json.load(f)
+    print(f"== {name}", flush=True)
+    start = time.time()
+    rows = [{**row, "block_wall_s": 0.0} for row in run(out)]
+    for row in rows:
+        row["block_wall_s"] = time.time() - start
+    with open(saved, "w") as f:
+        json.dump(rows, f)
+    return rows
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="lab_results/async")
@@ -139,6 +156,7 @@ def parse_args(argv=None):
     parser.add_argument("--precision-method", default="no correction", choices=list(METHODS))
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--resume", action="store_true", help="reuse the blocks an interrupted run completed")
     args = parser.parse_args(argv)
     if min(args.staleness) < 0 or args.steps < 1:
         parser.error("need --staleness >= 0 and --steps >= 1")
@@ -162,19 +180,15 @@ def main(argv=None, base: LabConfig = None) -> int:
     try:
         sweep: List[dict] = []
         for s in args.staleness:
-            print(f"== staleness {s}", flush=True)
             config = LabConfig(**{**base.__dict__, "mismatch": Mismatch(staleness=s)})
-            histories = run_lab(config, args.methods, os.path.join(args.out, f"staleness_{s}"), warm_state=state)
-            sweep += staleness_rows(histories, s)
+            sweep += _block(args, f"staleness_{s}", lambda out: staleness_rows(
+                run_lab(config, args.methods, out, warm_state=state), s))
         precision: List[dict] = []
         for p in args.precisions:
-            print(f"== engine precision {p}", flush=True)
             config = LabConfig(**{**base.__dict__, "mismatch": Mismatch(precision=p, staleness=0)})
-            histories = run_lab(config, [args.precision_method], os.path.join(args.out, f"precision_{p}"),
-                                warm_state=state)
-            row = staleness_rows(histories, 0)[0]
-            row["precision"] = p
-            precision.append(row)
+            rows = _block(args, f"precision_{p}", lambda out: staleness_rows(
+                run_lab(config, [args.precision_method], out, warm_state=state), 0))
+            precision.append({**rows[0], "precision": p})
     finally:
         if started:
             ray.shutdown()
