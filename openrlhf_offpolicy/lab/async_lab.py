@@ -157,6 +157,9 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--resume", action="store_true", help="reuse the blocks an interrupted run completed")
+    parser.add_argument("--inline", action="store_true",
+                        help="run the engine and the trainer in this process (same calls, same order) instead of "
+                        "as Ray actors")
     args = parser.parse_args(argv)
     if min(args.staleness) < 0 or args.steps < 1:
         parser.error("need --staleness >= 0 and --steps >= 1")
@@ -174,7 +177,7 @@ def main(argv=None, base: LabConfig = None) -> int:
     task = base.task_obj()
     model_config = TinyConfig(**{**base.model.to_dict(), "max_len": task.seq_len})
     state = supervised_warmup(model_config, task, base.warmup_steps, seed=0)  # what run_lab would compute
-    started = not ray.is_initialized()
+    started = not args.inline and not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
@@ -182,12 +185,12 @@ def main(argv=None, base: LabConfig = None) -> int:
         for s in args.staleness:
             config = LabConfig(**{**base.__dict__, "mismatch": Mismatch(staleness=s)})
             sweep += _block(args, f"staleness_{s}", lambda out: staleness_rows(
-                run_lab(config, args.methods, out, warm_state=state), s))
+                run_lab(config, args.methods, out, warm_state=state, inline=args.inline), s))
         precision: List[dict] = []
         for p in args.precisions:
             config = LabConfig(**{**base.__dict__, "mismatch": Mismatch(precision=p, staleness=0)})
             rows = _block(args, f"precision_{p}", lambda out: staleness_rows(
-                run_lab(config, [args.precision_method], out, warm_state=state), 0))
+                run_lab(config, [args.precision_method], out, warm_state=state, inline=args.inline), 0))
             precision.append({**rows[0], "precision": p})
     finally:
         if started:
