@@ -6,7 +6,8 @@ Both sides run upstream 0.11.2's own ``RemoteExperienceMaker.make_experience`` o
 samples. The actor and reference ``RayActorGroup``s are stood in by ``LocalGroup``, which runs
 upstream's ``openrlhf.models.Actor.forward`` (what ``PolicyModelActor.forward`` runs) on a tiny
 random Qwen2 model (4 layers, hidden 256, vocab 4096) in this process, one call per micro-batch,
-and counts the forward passes and the tokens they process. Baseline: upstream (actor forward for
+and counts the forward passes and the tokens they process; Ray's ``put``/``get`` are identity functions
+(nothing leaves the process). Baseline: upstream (actor forward for
 pi_old, reference forward for the KL). Bypass: the same with the patch of ``patches.apply``
 installed. Rounds alternate baseline and bypass; printed: median wall time of each, the per-round
 ratio bypass/baseline (median [min..max]) and the forward passes counted per experience step.
@@ -108,30 +109,29 @@ def main(argv=None):
                        train=ns(colocate_all=False, colocate_actor_ref=False, colocate_critic_reward=False),
                        algo=ns(kl=ns(use_loss=False, estimator="k1"), advantage=ns(estimator="group_norm")))
 
-    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    # Everything runs in this process: Ray's object store is stood in by identity put/get (upstream's
+    # result gathering, ray.get(list of refs)[::k], works unchanged on the values).
+    ray.put, ray.get = (lambda value: value), (lambda refs: refs)
     times = {"baseline": [], "bypass": []}
     counts = {}
-    try:
-        for round_ in tqdm(range(args.rounds + 1), desc="bench_bypass"):
-            for mode in ("baseline", "bypass"):
-                actor_group, reference_group = LocalGroup(actor), LocalGroup(reference)
-                maker = RemoteExperienceMaker(actor_group, None, None, reference_group, None,
-                                              ns(args=upstream_args), None)
-                if mode == "bypass":
-                    patches.apply(OffPolicySettings(bypass_old_logprobs=True))
-                try:
-                    start = time.perf_counter()
-                    maker.make_experience(samples_list)
-                    elapsed = time.perf_counter() - start
-                finally:
-                    patches.undo()
-                if round_ > 0:  # round 0 warms up
-                    times[mode].append(elapsed)
-                counts[mode] = {"actor_forwards": actor_group.forward_passes, "actor_tokens": actor_group.tokens,
-                                "reference_forwards": reference_group.forward_passes,
-                                "reference_tokens": reference_group.tokens}
-    finally:
-        ray.shutdown()
+    for round_ in tqdm(range(args.rounds + 1), desc="bench_bypass"):
+        for mode in ("baseline", "bypass"):
+            actor_group, reference_group = LocalGroup(actor), LocalGroup(reference)
+            maker = RemoteExperienceMaker(actor_group, None, None, reference_group, None,
+                                          ns(args=upstream_args), None)
+            if mode == "bypass":
+                patches.apply(OffPolicySettings(bypass_old_logprobs=True))
+            try:
+                start = time.perf_counter()
+                maker.make_experience(samples_list)
+                elapsed = time.perf_counter() - start
+            finally:
+                patches.undo()
+            if round_ > 0:  # round 0 warms up
+                times[mode].append(elapsed)
+            counts[mode] = {"actor_forwards": actor_group.forward_passes, "actor_tokens": actor_group.tokens,
+                            "reference_forwards": reference_group.forward_passes,
+                            "reference_tokens": reference_group.tokens}
 
     ratios = [b / a for a, b in zip(times["baseline"], times["bypass"])]
     result = {

@@ -13,7 +13,7 @@ def test_a_tiny_sweep_writes_tables_plot_and_the_measured_staleness(tmp_path):
     base = LabConfig(prompt_len=4, warmup_steps=3, prompts_per_step=4, samples_per_prompt=4, eval_every=1,
                      eval_prompts=8)
     main(["--out", str(tmp_path), "--steps", "3", "--staleness", "0", "2", "--methods", "no correction",
-          "--precisions", "fp32", "fp16"], base=base)
+          "--precisions", "fp32", "fp16", "--inline"], base=base)
     summary = json.load(open(tmp_path / "summary.json"))
     by_staleness = {row["staleness"]: row for row in summary["sweep"]}
     # steps 0, 1, 2 with a lag of 2: the engine's weights are 0, 1 and 2 updates old
