@@ -39,7 +39,7 @@ lab: $(VENV)/.lab
 	$(PY) -m openrlhf_offpolicy.lab --out lab_results
 
 lab-async: $(VENV)/.lab
-	$(PY) -m openrlhf_offpolicy.lab.async_lab --out lab_results/async
+	$(PY) -m openrlhf_offpolicy.lab.async_lab --out lab_results/async --inline
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench_loss.py --out bench_results

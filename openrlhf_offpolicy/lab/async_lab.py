@@ -177,6 +177,8 @@ def main(argv=None, base: LabConfig = None) -> int:
     task = base.task_obj()
     model_config = TinyConfig(**{**base.model.to_dict(), "max_len": task.seq_len})
     state = supervised_warmup(model_config, task, base.warmup_steps, seed=0)  # what run_lab would compute
+    if args.inline:
+        torch.set_num_threads(1)  # as each Ray actor of the lab (num_cpus=1, OMP_NUM_THREADS=1)
     started = not args.inline and not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
