@@ -40,6 +40,7 @@ def ray_local():
     if started:
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
+    policy_versions.reset_clock_handle()  # the handle belongs to this Ray session
     if started:
         ray.shutdown()
 
