@@ -136,7 +136,8 @@ def main(argv=None):
     ratios = [b / a for a, b in zip(times["baseline"], times["bypass"])]
     result = {
         "config": vars(args), "counts_per_step": counts,
-        "baseline_s_median": statistics.median(times["baseline"]), "bypass_s_median": statistics.median(times["bypass"]),
+        "baseline_s_median": statistics.median(times["baseline"]),
+        "bypass_s_median": statistics.median(times["bypass"]),
         "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
         "times": times,
     }

@@ -17,7 +17,8 @@ def check_async_settings(settings, config, args) -> None:
         if not isinstance(settings.max_staleness, int) or settings.max_staleness < 0:
             raise ValueError(f"--max_staleness must be an integer >= 0, got {settings.max_staleness!r}")
         if not vllm:
-            raise ValueError("--max_staleness needs vLLM rollouts (--vllm.num_engines); without them no sample is stale")
+            raise ValueError("--max_staleness needs vLLM rollouts (--vllm.num_engines); "
+                             "without them no sample is stale")
     if settings.bypass_old_logprobs:
         if not vllm:
             raise ValueError("--bypass_old_logprobs uses the rollout log-probs that only vLLM engines produce, "

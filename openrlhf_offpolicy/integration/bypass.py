@@ -67,9 +67,9 @@ class RolloutLogProbsGroup:
 def with_bypass(make_experience):
     @functools.wraps(make_experience)
     def wrapped(self, samples_list, *args, **kwargs):
-        args_ = self.strategy.args
+        ds = self.strategy.args.ds
         actor_group = self.actor_model_group
-        self.actor_model_group = RolloutLogProbsGroup(samples_list, args_.ds.ring_attn_size * args_.ds.tensor_parallel_size)
+        self.actor_model_group = RolloutLogProbsGroup(samples_list, ds.ring_attn_size * ds.tensor_parallel_size)
         try:
             return make_experience(self, samples_list, *args, **kwargs)
         finally:
