@@ -52,14 +52,27 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("argv,message", BAD, ids=[m for _, m in BAD])
-def test_contradictions_exit_2_with_one_line_before_ray(argv, message):
+def _argv(extra):
     base = [a for a in MINIMAL_UPSTREAM_ARGV]
-    if "--vllm.num_engines" in argv:
+    if "--vllm.num_engines" in extra:
         i = base.index("--vllm.num_engines")
         del base[i:i + 2]
+    return [*base, *extra]
+
+
+@pytest.mark.parametrize("argv,message", BAD, ids=[m for _, m in BAD])
+def test_contradictions_exit_2_with_one_line(argv, message, capsys):
+    from openrlhf_offpolicy.cli.train_ppo_ray import main
+
+    assert main(_argv(argv)) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("train_ppo_ray: error:") and message in lines[0], lines
+
+
+def test_a_contradiction_is_reported_before_anything_heavy_starts():
+    argv, message = BAD[0]
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "openrlhf_offpolicy.cli.train_ppo_ray", *base, *argv],
+    result = subprocess.run([sys.executable, "-m", "openrlhf_offpolicy.cli.train_ppo_ray", *_argv(argv)],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     elapsed = time.monotonic() - start
     assert result.returncode == 2, result.stderr[-1500:]
