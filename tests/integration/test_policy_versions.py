@@ -227,7 +227,7 @@ def test_async_staleness_is_the_true_lag_and_bounded_by_the_queue(versions, ray_
     queue_size = 2
     versions()
     _init_checkpoint_states_fresh(monkeypatch)
-    trainer, models = run_async(ray_local, actors, make_args(), queue_size, fit_seconds=0.3)
+    trainer, models = run_async(ray_local, actors, make_args(), queue_size, fit_seconds=0.5)
     steps = [status for _, status in trainer.logged]
     assert len(models.trained) == 4 and len(steps) == 4
     lags = []
@@ -246,7 +246,7 @@ def test_async_staleness_is_the_true_lag_and_bounded_by_the_queue(versions, ray_
 def test_max_staleness_drops_old_batches_and_skips_the_update(versions, ray_local, actors, monkeypatch):
     versions(max_staleness=1)
     _init_checkpoint_states_fresh(monkeypatch)
-    trainer, models = run_async(ray_local, actors, make_args(), queue_size=2, fit_seconds=0.3)
+    trainer, models = run_async(ray_local, actors, make_args(), queue_size=2, fit_seconds=0.5)
     statuses = [status for _, status in trainer.logged]
     assert any(s["staleness/dropped_frac"] == 1.0 and s["staleness/skipped_step"] == 1.0 for s in statuses)
     for true_version, samples in models.trained:
