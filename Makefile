@@ -2,6 +2,7 @@
 # make lab    run the CPU lab (estimator bench + mismatch lab) on its defaults -> lab_results/
 # make bench  loss (vs upstream OpenRLHF 0.11.2 TIS, verl 0.9.1, TRL 1.16.0), top-K and MoE routing-replay
 #             benchmarks -> bench_results/
+# make lab-async  staleness sweep + rollout precision comparison (async lab) -> lab_results/async/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # torch 2.13.0 (CPU build) installs from this machine's disk; an unpinned torch would pull CUDA wheels.
 TORCH := torch==2.13.0
 
-.PHONY: test lab bench clean
+.PHONY: test lab lab-async bench clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,9 @@ test: $(VENV)/.test
 lab: $(VENV)/.lab
 	$(PY) -m openrlhf_offpolicy.lab --out lab_results
 
+lab-async: $(VENV)/.lab
+	$(PY) -m openrlhf_offpolicy.lab.async_lab --out lab_results/async --inline
+
 # The peers compared in bench_loss, --no-deps into their own folder (bench_loss puts it on sys.path).
 PEERS_DIR := bench_results/peers
 $(PEERS_DIR)/.installed: $(VENV)/.test
@@ -48,6 +52,7 @@ bench: $(VENV)/.test $(PEERS_DIR)/.installed
 	$(PY) benchmarks/bench_loss.py --out bench_results
 	$(PY) benchmarks/bench_topk.py --out bench_results
 	$(PY) benchmarks/bench_routing.py --out bench_results
+	$(PY) benchmarks/bench_bypass.py --out bench_results
 
 clean:
 	rm -rf $(VENV) lab_results bench_results

@@ -6,7 +6,7 @@ module adds (see the README, "Our flags"):
     --policy_loss_type, --rejection CRITERION [...], --is_batch_normalize, one --<name> per method
     parameter, --vllm_logprobs_topk K, --routing_replay {off,r2,r3}, --config FILE.yaml,
     --dry_run, --no_mismatch_metrics, --match_rollout_sampling, --uniform_scale (with
-    --algo.advantage.estimator reinforce_max).
+    --algo.advantage.estimator reinforce_max), --max_staleness N, --bypass_old_logprobs, --vllm_dtype.
 The seed fork's OpenRLHF 0.9.x flat flags (``--pretrain``, ...) are translated to 0.11.2's, one
 stderr line each (``integration.legacy_flags``). Every flag, ours and upstream's, is validated
 before anything heavy is imported (``cli.checks``; upstream's parser is read from its source), so
@@ -33,7 +33,7 @@ from ..corrections import POLICY_LOSSES, correction_choices, method_params  # no
 from ..integration.advantages import translate_estimator  # noqa: E402
 from ..integration.sampling import with_rollout_sampling  # noqa: E402
 from ..integration.settings import OffPolicySettings  # noqa: E402
-from ..integration.upstream_args import given_flags, peek_upstream_args  # noqa: E402
+from ..integration.upstream_args import given_flags, peek_upstream_args, vllm_enabled  # noqa: E402
 from . import checks  # noqa: E402
 from .checks import StrictParser as _Parser, UsageError  # noqa: E402,F401
 
@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "current log-probs, so rollout log-probs measure the engine mismatch only (trains the "
                         "truncated policy); without it a truncated rollout with a consumer of rollout log-probs "
                         "is refused")
+    # issue 11: async off-policy training
+    parser.add_argument("--max_staleness", type=int, default=None, metavar="N",
+                        help="drop samples generated from weights more than N policy updates older than the "
+                        "trainer's (logged: staleness/dropped_frac)")
+    parser.add_argument("--bypass_old_logprobs", action="store_true",
+                        help="use vLLM's rollout log-probs as pi_old and skip the actor's old-log-prob forward")
+    parser.add_argument("--vllm_dtype", choices=["auto", "bfloat16", "float16"], default="auto",
+                        help="dtype of the vLLM engines; auto follows --ds.param_dtype (upstream: always bfloat16)")
     group = parser.add_argument_group("method parameters")
     for p in method_params().values():
         # SUPPRESS: a flag that is not given leaves no attribute, so "given" is distinguishable from
@@ -184,11 +192,25 @@ def settings_from(ns: argparse.Namespace) -> OffPolicySettings:
     return OffPolicySettings(
         loss_kwargs=loss_kwargs,
         policy_loss_type=ns.policy_loss_type,
-        request_rollout_logprobs=not ns.no_mismatch_metrics,
+        request_rollout_logprobs=not ns.no_mismatch_metrics or ns.bypass_old_logprobs,
         logprobs_topk=ns.vllm_logprobs_topk,
         match_rollout_sampling=ns.match_rollout_sampling,
         routing_replay=ns.routing_replay,
+        max_staleness=ns.max_staleness,
+        bypass_old_logprobs=ns.bypass_old_logprobs,
+        vllm_dtype=ns.vllm_dtype,
     )
+
+
+def with_engine_dtype(settings: OffPolicySettings, upstream_args) -> OffPolicySettings:
+    """The settings with the vLLM engines' dtype resolved (None without vLLM)."""
+    from dataclasses import replace
+
+    from ..integration.engine_dtype import resolve_engine_dtype
+
+    if not vllm_enabled(upstream_args):
+        return settings
+    return replace(settings, engine_dtype=resolve_engine_dtype(settings.vllm_dtype, upstream_args.ds.param_dtype))
 
 
 def _note(line: str) -> None:
@@ -219,6 +241,7 @@ def parse(argv: Sequence[str]):
     settings = with_rollout_sampling(settings, peeked)
     upstream_given = given_flags(upstream_argv)
     config = settings.check(peeked, upstream_given)
+    settings = with_engine_dtype(settings, peeked)
     checks.check_selected(
         {name: getattr(ours, name) for name in method_params() if hasattr(ours, name)}, config, upstream_given,
         vars(full), {a.dest: a.default for a in upstream._actions},
@@ -288,7 +311,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if ours.dry_run:
         resolved = {
             "upstream": redact(flatten(args)),
-            "offpolicy": {"settings": json.loads(settings.to_json()), "policy_loss": config.describe()},
+            "offpolicy": {"settings": json.loads(settings.to_json()), "policy_loss": config.describe(),
+                          "vllm_engine_dtype": settings.engine_dtype},
         }
         print(json.dumps(resolved, indent=2, sort_keys=True, default=str))
     return 0

@@ -147,10 +147,52 @@ PATCHES: List[Patch] = [
 ]
 
 
+# --- issue 11: policy versions and staleness, bypass mode, engine dtype --------------------------
+# (factories import their module lazily: this table stays importable without Ray or OpenRLHF)
+def _versions(name):
+    def make(original, settings):
+        from . import policy_versions
+
+        factory = getattr(policy_versions, name)
+        return factory(original, settings.max_staleness) if name == "with_staleness_filter" else factory(original)
+
+    return make
+
+
+def _bypass(original, settings):
+    from .bypass import with_bypass
+
+    return with_bypass(original)
+
+
+def _engine_dtype(original, settings):
+    from .engine_dtype import with_engine_dtype
+
+    return with_engine_dtype(original, settings.engine_dtype)
+
+
+PATCHES += [
+    Patch("openrlhf.trainer.ppo_trainer", "BasePPOTrainer.init_checkpoint_states",
+          _versions("with_checkpoint_version"), why="the trainer's policy version starts at the checkpoint's step"),
+    Patch("openrlhf.trainer.ppo_trainer", "BasePPOTrainer.broadcast_to_vllm", _versions("with_version_broadcast"),
+          why="publish the version of the weights the engines load"),
+    Patch("openrlhf.trainer.ppo_trainer", "BasePPOTrainer.train_step", _versions("with_staleness_filter"),
+          why="staleness/* metrics; --max_staleness drops old samples"),
+    Patch("openrlhf.trainer.ppo_utils.samples_generator", "SamplesGenerator._generate_vllm",
+          _versions("with_version_tags"), why="every sample carries the policy version it was generated with"),
+    Patch("openrlhf.trainer.ppo_utils.experience_maker", "RemoteExperienceMaker.make_experience", _bypass,
+          when=lambda s: s.bypass_old_logprobs, why="--bypass_old_logprobs: pi_old := pi_roll, no actor forward"),
+    Patch("openrlhf.trainer.ray.vllm_engine", "RolloutRayActor.options", _engine_dtype,
+          when=lambda s: s.engine_dtype is not None, why="--vllm_dtype: upstream hard-codes bfloat16 engines"),
+]
+
+
 def register(patch: Patch) -> Patch:
     """Add an entry (prefer appending to ``PATCHES`` above, in a block commented with your issue)."""
     PATCHES.append(patch)
     return patch
+
+
 # --- MoE routing replay (--routing_replay r2/r3); the replacements live in ``routing``. Entries on a
 # symbol another entry above already replaces (Actor.forward, training_step) compose on top of it.
 def routing_on(settings: OffPolicySettings) -> bool:

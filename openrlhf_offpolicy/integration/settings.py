@@ -34,6 +34,10 @@ class OffPolicySettings:
     rollout_top_k, rollout_top_p, rollout_min_p:
                                the rollout's truncation, as upstream passes it to vLLM.
     routing_replay:            MoE routing replay: "off", "r2" (training routing) or "r3" (rollout routing).
+    max_staleness:             drop samples more than this many policy updates old (None: keep all).
+    bypass_old_logprobs:       use the rollout log-probs as pi_old; skip the actor's old-log-prob forward.
+    vllm_dtype:                ``--vllm_dtype`` as given (auto/bfloat16/float16).
+    engine_dtype:              the dtype the vLLM engines are created with (resolved; None: upstream's).
     """
 
     loss_kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -47,6 +51,10 @@ class OffPolicySettings:
     rollout_top_p: float = 1.0
     rollout_min_p: float = 0.0
     routing_replay: str = "off"
+    max_staleness: Optional[int] = None  # issue 11: async off-policy
+    bypass_old_logprobs: bool = False
+    vllm_dtype: str = "auto"
+    engine_dtype: Optional[str] = None
 
     def loss_config(self, args):
         """Resolve (and validate) the ``PolicyLoss`` configuration for upstream ``args``."""
@@ -77,6 +85,9 @@ class OffPolicySettings:
         from .routing_checks import check_routing_replay
 
         check_routing_replay(self.routing_replay, args, self.logprobs_topk)
+        from .async_settings import check_async_settings
+
+        check_async_settings(self, config, args)
         if config.needs_rollout_log_probs and not vllm_enabled(args):
             what = config.correction if config.correction_enabled else f"{config.policy_loss_type} with a correction"
             if config.rejection and not config.correction_enabled:

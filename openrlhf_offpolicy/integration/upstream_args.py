@@ -29,6 +29,7 @@ PEEKED_FLAGS: Dict[str, Dict[str, Any]] = {
     "--train.agent_func_path": dict(type=str, default=None),
     "--ds.ring_attn_size": dict(type=int, default=1),
     "--rollout.top_p": dict(type=float, default=1.0),
+    "--ds.param_dtype": dict(type=str, default="bf16"),  # issue 11: --vllm_dtype auto follows it
     "--logger.wandb.group": dict(type=str, default=None),
     "--logger.wandb.run_name": dict(type=str, default=None),
     # issue 12: reinforce_max checks

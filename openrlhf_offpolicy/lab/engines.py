@@ -16,16 +16,20 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ..integration.staleness import SampleVersion, staleness_stats
 from ..models import PolicyLoss
 from .model import TinyConfig, TinyTransformer
 from .task import DigitTask
+
+
+ENGINE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
 class Mismatch:
     """How the rollout engine departs from the trainer."""
 
-    precision: str = "fp32"  # "bf16": the engine runs the model in bfloat16
+    precision: str = "fp32"  # "bf16" / "fp16": the engine runs the model in bfloat16 / float16
     noise_prob: float = 0.0  # probability that a generated token's logits are perturbed
     noise_std: float = 0.0  # std of the Gaussian noise added to those logits
     staleness: int = 0  # the engine's weights lag the trainer's by this many updates
@@ -55,9 +59,7 @@ class RolloutEngine:
     def __init__(self, config: TinyConfig, task: DigitTask, mismatch: Mismatch, seed: int = 0) -> None:
         self.task = task
         self.mismatch = mismatch
-        self.model = TinyTransformer(config).eval()
-        if mismatch.precision == "bf16":
-            self.model = self.model.to(torch.bfloat16)
+        self.model = TinyTransformer(config).eval().to(ENGINE_DTYPES[mismatch.precision])
         self.generator = torch.Generator().manual_seed(seed)
         self.version = -1
 
@@ -116,7 +118,13 @@ class Trainer:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def train_step(self, batch: Dict[str, torch.Tensor], n_samples: int) -> Dict[str, float]:
-        """One optimizer step on a rollout batch; returns the loss's metrics and training stats."""
+        """One optimizer step on a rollout batch; returns the loss's metrics and training stats.
+
+        The engine generated the batch from weights of version ``batch["version"]`` (updates behind
+        them); the trainer is at version ``self.updates``: the ``staleness/*`` metrics are those of
+        the OpenRLHF integration (``integration/staleness.py``), one version for the whole batch."""
+        versions = [SampleVersion(int(batch["version"]), int(batch["version"]))] * batch["sequences"].shape[0]
+        staleness = staleness_stats(self.updates, versions, [True] * len(versions))
         prompt_len = self.task.prompt_len + 1
         sequences = batch["sequences"]
         with torch.no_grad():
@@ -141,7 +149,7 @@ class Trainer:
         self.optimizer.step()
         self.updates += 1
         sums.update(grad_norm=float(grad_norm), reward=float(batch["rewards"].mean()),
-                    staleness=float(self.updates - 1 - int(batch["version"])))
+                    staleness=staleness["staleness/mean"], **staleness)
         return sums
 
     @torch.no_grad()

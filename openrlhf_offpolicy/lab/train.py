@@ -25,13 +25,14 @@ import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from tqdm import tqdm
 
 from ..presets import registered_presets
-from .engines import Mismatch, RolloutEngine, Trainer, supervised_warmup
+from .engines import ENGINE_DTYPES, Mismatch, RolloutEngine, Trainer, supervised_warmup
 from .model import TinyConfig
 from .task import DigitTask
 
@@ -83,10 +84,28 @@ def loss_kwargs(label: str) -> dict:
     return kwargs
 
 
+class InlineActor:
+    """Runs a lab actor class in this process with Ray's call syntax (``--inline``): ``cls.remote(...)``
+    builds it, ``handle.method.remote(...)`` calls it at once and returns the value. Same calls in the
+    same order as with Ray, without the processes (for machines where Ray sessions do not survive)."""
+
+    def __init__(self, cls) -> None:
+        self.cls = cls
+
+    def remote(self, *args, **kwargs):
+        obj = self.cls(*args, **kwargs)
+        return SimpleNamespace(**{name: SimpleNamespace(remote=getattr(obj, name))
+                                  for name in dir(obj) if not name.startswith("_") and callable(getattr(obj, name))})
+
+
 def run_method(label: str, seed: int, config: LabConfig, warm_state, engine_cls, trainer_cls,
                on_step=None) -> List[dict]:
     """Train one method with one seed; returns the per-step history."""
-    import ray
+    inline = isinstance(engine_cls, InlineActor)
+    if not inline:
+        import ray
+    else:
+        ray = SimpleNamespace(get=lambda value: value, kill=lambda actor: None)
 
     task = config.task_obj()
     mismatch = Mismatch() if label == CONTROL else config.mismatch
@@ -264,18 +283,22 @@ class Loggers:
 
 
 def run_lab(config: LabConfig, methods: Sequence[str], out_dir: str, wandb_mode: Optional[str] = None,
-            progress: bool = True) -> Dict[str, List[List[dict]]]:
+            progress: bool = True, warm_state=None, inline: bool = False) -> Dict[str, List[List[dict]]]:
     import ray
 
     os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
     task = config.task_obj()
     model_config = TinyConfig(**{**config.model.to_dict(), "max_len": task.seq_len})
-    started_ray = not ray.is_initialized()
+    started_ray = not inline and not ray.is_initialized()
     if started_ray:
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    engine_cls = ray.remote(num_cpus=1)(RolloutEngine)
-    trainer_cls = ray.remote(num_cpus=1)(Trainer)
-    warm_state = supervised_warmup(model_config, task, config.warmup_steps, seed=0)
+    if inline:
+        engine_cls, trainer_cls = InlineActor(RolloutEngine), InlineActor(Trainer)
+    else:
+        engine_cls = ray.remote(num_cpus=1)(RolloutEngine)
+        trainer_cls = ray.remote(num_cpus=1)(Trainer)
+    if warm_state is None:  # callers running several labs on one task pass it once
+        warm_state = supervised_warmup(model_config, task, config.warmup_steps, seed=0)
     plain = {**asdict(config), "mismatch": config.mismatch.to_dict(), "model": model_config.to_dict()}
     group = f"lab-{config.task}-{config.mismatch.describe()}"
     histories: Dict[str, List[List[dict]]] = {}
@@ -324,7 +347,7 @@ def parse_args(argv=None):
                         help="greedy evaluation of the trainer's policy every N steps (default 10)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                         help="seeds; curves and table are means over them (default 0 1)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="rollout engine precision")
+    parser.add_argument("--precision", default="fp32", choices=list(ENGINE_DTYPES), help="rollout engine precision")
     parser.add_argument("--noise-prob", type=float, default=0.0, help="fraction of generated tokens with logit noise")
     parser.add_argument("--noise-std", type=float, default=0.0, help="std of that logit noise")
     parser.add_argument("--staleness", type=int, default=3, help="engine weights lag the trainer by this many updates")

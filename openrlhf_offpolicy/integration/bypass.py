@@ -1,0 +1,78 @@
+"""``--bypass_old_logprobs``: pi_old := pi_roll, without the actor's old-log-prob forward.
+
+Upstream's ``RemoteExperienceMaker.make_experience`` runs the actor over every rollout token to get
+``action_log_probs`` (pi_old). In bypass mode the actor group is replaced, for that call only, by
+``RolloutLogProbsGroup``, which answers the ``forward`` request with each micro-batch's
+``rollout_log_probs`` (the engine's processed log-probs) and runs nothing. The reward, critic and
+reference forwards are unchanged; the KL to the reference is then measured from pi_roll.
+
+The PPO ratio becomes pi_theta / pi_roll (the behaviour policy): the anchor of AReaL's, verl's
+and slime's bypass modes. A mismatch correction rho = pi_old / pi_roll would be identically 1, so
+the CLI rejects those (``bypass_rejection``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+BYPASS_COMPATIBLE_CORRECTIONS = {"trm": lambda config: config.trm_reference == "current"}
+
+
+def bypass_rejection(config) -> Optional[str]:
+    """Why ``config`` makes no sense with pi_old = pi_roll (None: it does)."""
+    if not config.correction_enabled:
+        return None
+    compatible = BYPASS_COMPATIBLE_CORRECTIONS.get(config.correction)
+    if compatible is not None and compatible(config):
+        return None
+    hint = " (trm with --trm_reference current still gates pi_roll against pi_theta)"
+    return (f"--bypass_old_logprobs uses pi_roll as pi_old, so correction {config.correction!r} would see "
+            f"rho = pi_old/pi_roll = 1 everywhere; drop the correction or the bypass{hint}")
+
+
+class RolloutLogProbsGroup:
+    """Stands in for the actor ``RayActorGroup`` in ``make_experience``: its ``forward`` returns
+    the rollout log-probs of each micro-batch, laid out as upstream's result gathering expects
+    (one entry per micro-batch and duplicate ring/TP rank)."""
+
+    def __init__(self, samples_list, duplicate_factor: int) -> None:
+        self.samples_list = samples_list
+        self.duplicate_factor = duplicate_factor
+        self.forward_calls = 0
+
+    def async_run_method_batch(self, method_name: str, **kwargs):
+        import ray
+
+        if method_name != "forward":
+            raise RuntimeError(f"bypass mode stands in for the actor's forward only, not {method_name!r}")
+        self.forward_calls += 1
+        payload = []
+        for samples in self.samples_list:
+            if samples.rollout_log_probs is None:
+                raise ValueError("--bypass_old_logprobs needs the rollout log-probs, but a sample has none "
+                                 "(the vLLM engines did not return log-probs)")
+            if samples.rollout_log_probs.shape != samples.action_mask.shape:
+                raise ValueError(f"rollout_log_probs {tuple(samples.rollout_log_probs.shape)} and action_mask "
+                                 f"{tuple(samples.action_mask.shape)} are not aligned")
+            payload += [[samples.rollout_log_probs.float()]] * self.duplicate_factor
+        return ray.put(payload)
+
+    def async_run_method(self, method_name: str, **kwargs):
+        import ray
+
+        return ray.put(None)  # empty_cache after a colocated forward: nothing ran
+
+
+def with_bypass(make_experience):
+    @functools.wraps(make_experience)
+    def wrapped(self, samples_list, *args, **kwargs):
+        ds = self.strategy.args.ds
+        actor_group = self.actor_model_group
+        self.actor_model_group = RolloutLogProbsGroup(samples_list, ds.ring_attn_size * ds.tensor_parallel_size)
+        try:
+            return make_experience(self, samples_list, *args, **kwargs)
+        finally:
+            self.actor_model_group = actor_group
+
+    return wrapped
