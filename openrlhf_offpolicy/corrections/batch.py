@@ -263,7 +263,10 @@ def make_policy_batch(
         nonfinite = int((~finite & (mask > 0)).sum())
     if side:
         rollout = side["rollout_log_probs"]
-        usable = torch.isfinite(rollout)
-        batch.rollout_log_probs = torch.where(usable, rollout, zero)
-        batch.rollout_mask = batch.mask * usable.to(dtype)
+        if bool(torch.isfinite(rollout.sum())):  # the common case: nothing to set apart, nothing copied
+            batch.rollout_log_probs = rollout
+        else:
+            usable = torch.isfinite(rollout)
+            batch.rollout_log_probs = torch.where(usable, rollout, zero)
+            batch.rollout_mask = batch.mask * usable.to(dtype)
     return batch, mask, nonfinite

@@ -121,29 +121,47 @@ class EffectiveSampleSize(Statistic):
         return torch.where(ok, s1 * s1 / (n * s2).clamp(min=1e-300), torch.zeros_like(s1))
 
 
+def _floating(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` detached, in a floating dtype (``like``'s when ``x`` is bool or integer)."""
+    x = x.detach()
+    if x.is_floating_point():
+        return x
+    return x.to(like.dtype if like.is_floating_point() else torch.float32)
+
+
+def _masked_total(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum(x * mask) in x's floating dtype, in one read-only pass (no full-size temporary)."""
+    x = _floating(x, mask)
+    m = mask.detach().to(x.dtype)
+    return torch.dot(x.reshape(-1), m.reshape(-1)) if x.numel() else x.sum()
+
+
 def token_mean(x: torch.Tensor, mask: torch.Tensor) -> Mean:
-    """Mean of ``x`` over the tokens where ``mask`` is 1."""
-    mask = mask.detach().to(torch.float64)
-    return Mean(total=(x.detach().to(torch.float64) * mask).sum(), count=mask.sum())
+    """Mean of ``x`` over the tokens where ``mask`` is 1 (reduced in x's dtype, parts kept in float64)."""
+    return Mean(total=_masked_total(x, mask), count=mask.detach().sum())
 
 
 def sequence_mean(values: torch.Tensor, valid: torch.Tensor) -> Mean:
     """Mean of per-sequence ``values`` ``[B]`` over the sequences where ``valid`` is true."""
-    valid = valid.detach().to(torch.float64)
-    return Mean(total=(values.detach().to(torch.float64) * valid).sum(), count=valid.sum())
+    return Mean(total=_masked_total(values, valid), count=valid.detach().sum())
 
 
 def maximum(x: torch.Tensor, mask: torch.Tensor) -> Max:
     """Largest ``x`` where ``mask`` is true (-inf, reported as 0, if nowhere)."""
-    x = x.detach().to(torch.float64)
-    picked = torch.where(mask.bool(), x, torch.full_like(x, float("-inf")))
-    return Max(value_max=picked.max() if picked.numel() else torch.tensor(float("-inf"), dtype=torch.float64))
+    x = _floating(x, mask)
+    if not x.numel():
+        return Max(value_max=torch.tensor(float("-inf"), dtype=torch.float64))
+    picked = torch.where(mask.bool(), x, torch.tensor(float("-inf"), dtype=x.dtype, device=x.device))
+    return Max(value_max=picked.max())
 
 
 def effective_sample_size(weights: torch.Tensor, mask: torch.Tensor) -> EffectiveSampleSize:
-    """ESS of ``weights`` over the tokens where ``mask`` is 1 (weights are 0 off the mask)."""
-    w = weights.detach().to(torch.float64) * mask.detach().to(torch.float64)
-    return EffectiveSampleSize(sum_w=w.sum(), sum_w2=(w * w).sum(), count=mask.detach().to(torch.float64).sum())
+    """ESS of ``weights`` over the tokens where ``mask`` is 1."""
+    w = _floating(weights, mask)
+    m = mask.detach().to(w.dtype)
+    wm = (w * m).reshape(-1)
+    return EffectiveSampleSize(sum_w=wm.sum(), sum_w2=torch.dot(wm, wm) if wm.numel() else wm.sum(),
+                               count=m.sum())
 
 
 def as_statistic(value, token_mask: torch.Tensor) -> Statistic:
