@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
+from ._torch import torch
 
 from .stats import masked_mean
 

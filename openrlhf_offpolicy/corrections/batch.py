@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Dict, Optional
 
-import torch
+from ._torch import torch
 
 from .stats import clamp_log_ratio
 
@@ -37,8 +37,10 @@ class TopK:
 
 
 def make_topk(ids: torch.Tensor, rollout_log_probs: torch.Tensor, log_probs: torch.Tensor,
-              action_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> TopK:
-    """Validate and assemble the top-K inputs; ``action_ids`` ``[B, T]`` are the sampled tokens."""
+              action_ids: torch.Tensor, dtype: Optional[torch.dtype] = None) -> TopK:
+    """Validate and assemble the top-K inputs; ``action_ids`` ``[B, T]`` are the sampled tokens
+    (``dtype``: of the log-probs, float32 by default)."""
+    dtype = torch.float32 if dtype is None else dtype
     for name, value in (("rollout_topk_ids", ids), ("rollout_topk_log_probs", rollout_log_probs),
                         ("topk_log_probs", log_probs), ("action_ids", action_ids)):
         if not isinstance(value, torch.Tensor):

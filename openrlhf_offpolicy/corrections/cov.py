@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
+from ._torch import torch
 
 from .batch import PolicyBatch, Surrogate
 from .losses import POLICY_LOSSES, lazy_token_mean

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-import torch
+from ._torch import torch
 
 from .batch import Correction, PolicyBatch, Surrogate
 from .metrics import Mean, Statistic, effective_sample_size, maximum, sequence_mean, token_mean

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
+from ._torch import torch
 
 from .registry import Entry, Registry
 from .stats import clamp_log_ratio

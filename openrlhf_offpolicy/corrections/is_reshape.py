@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-import torch
+from ._torch import torch
 
 from .batch import PolicyBatch, Surrogate
 from .losses import POLICY_LOSSES, no_clipping, lazy_token_mean

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
-import torch
+from ._torch import torch
 
 from . import metrics
 from .metrics import Mean

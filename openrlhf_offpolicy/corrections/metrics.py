@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Callable, ClassVar, Dict, Iterable, Mapping, Optional, Tuple, Type
 
-import torch
+from ._torch import torch
 
 HIDDEN_PREFIX = "_offpolicy_stat"
 

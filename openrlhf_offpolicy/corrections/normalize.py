@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
+from ._torch import torch
 
 from .batch import Correction, PolicyBatch
 

@@ -14,7 +14,7 @@ token-level advantage can be used; with A constant per sequence it equals GSPO e
 
 from __future__ import annotations
 
-import torch
+from ._torch import torch
 
 from .batch import PolicyBatch, Surrogate
 from .losses import POLICY_LOSSES

@@ -8,7 +8,7 @@ the unclamped token ratio rho_t, as the OpenRLHF 0.9.x fork did.
 
 from __future__ import annotations
 
-import torch
+from ._torch import torch
 
 from .batch import Correction, PolicyBatch
 from .gates import CORRECTIONS, token_gate, token_ratio

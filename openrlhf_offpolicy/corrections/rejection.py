@@ -41,7 +41,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, Iterable, Sequence, Tuple, Union
 
-import torch
+from ._torch import torch
 
 from .batch import Correction, PolicyBatch
 from .divergences import binary_kl

@@ -10,7 +10,7 @@ for negative advantages (tau_neg > tau_pos). The paper aggregates seq-mean-token
 
 from __future__ import annotations
 
-import torch
+from ._torch import torch
 
 from .batch import PolicyBatch, Surrogate
 from .losses import POLICY_LOSSES, no_clipping, token_mean

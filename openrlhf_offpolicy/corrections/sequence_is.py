@@ -10,7 +10,7 @@ Sequence Masking", Theory Part 3, 2025, §2–3).
 
 from __future__ import annotations
 
-import torch
+from ._torch import torch
 
 from .batch import Correction, PolicyBatch
 from .gates import CORRECTIONS, sequence_gate, token_ratio

@@ -7,7 +7,7 @@ clamped to ``[-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP]`` before ``exp`` so no ratio ov
 
 from __future__ import annotations
 
-import torch
+from ._torch import torch
 
 LOG_RATIO_CLAMP = 20.0
 

@@ -18,7 +18,7 @@ The divergences read ``batch.TopK``: ``rollout_log_probs`` (log mu at the ids), 
 
 from __future__ import annotations
 
-import torch
+from ._torch import torch
 
 from .batch import TopK
 from .divergences import DIVERGENCES

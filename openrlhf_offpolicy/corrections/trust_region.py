@@ -21,7 +21,7 @@ and pi_old, per token or on the per-sequence mean, with an upper bound only; tho
 
 from __future__ import annotations
 
-import torch
+from ._torch import torch
 
 from .batch import Correction, PolicyBatch
 from .divergences import DIVERGENCES

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Tuple
 
-import torch
+from ._torch import torch
 
 from .batch import PolicyBatch, Surrogate
 from .losses import POLICY_LOSSES, lazy_token_mean, no_clipping

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-from ..models.routing_replay import RoutingReplayError, check_config
-
 MODES = ("off", "r2", "r3")
 
 
@@ -37,6 +35,8 @@ def check_routing_replay(mode: str, args, logprobs_topk: int = 0) -> None:
                 config = json.load(f)
         except (OSError, ValueError) as e:
             raise ValueError(f"{flag}: cannot read {config_file}: {e}") from None
+        from ..models.routing_replay import RoutingReplayError, check_config  # torch: only for a local model
+
         try:
             check_config(config)
         except RoutingReplayError as e:
