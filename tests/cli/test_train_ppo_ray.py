@@ -296,27 +296,28 @@ def test_bad_input_exits_2_with_a_one_line_reason_within_half_a_second_of_checks
     assert elapsed < 0.5, f"the checks took {elapsed:.2f}s"
 
 
-def _torch_import_seconds():
-    start = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import torch"], check=True, capture_output=True)
-    return time.monotonic() - start
-
-
-@pytest.mark.parametrize("argv,message", [BAD_INPUT[i] for i in (28, 33, 40, 46)],
-                         ids=lambda x: x if isinstance(x, str) else None)
+@pytest.mark.parametrize("argv,message", BAD_INPUT, ids=[m for _, m in BAD_INPUT])
 def test_bad_input_exits_2_with_one_line_in_under_2_seconds_as_a_process(argv, message):
-    """End to end in a fresh process. The CLI must import torch (its registries are torch modules),
-    which takes ~1.2 s on an idle 2-core machine: on a loaded one the limit scales with that import."""
-    before = _torch_import_seconds()
+    """End to end in a fresh process, as a user runs it: the checks never import torch."""
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "openrlhf_offpolicy.cli.train_ppo_ray", *_argv(argv)],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     elapsed = time.monotonic() - start
-    limit = max(2.0, 1.6 * max(before, _torch_import_seconds()))
     assert result.returncode == 2 and result.stdout == "", result.stderr[-1500:]
-    lines = result.stderr.splitlines()
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("train_ppo_ray: note:")]
     assert len(lines) == 1 and lines[0].startswith("train_ppo_ray: error:") and message in lines[0], result.stderr
-    assert elapsed < limit, f"took {elapsed:.1f}s (limit {limit:.1f}s)"
+    assert elapsed < 2.0, f"took {elapsed:.2f}s"
+
+
+def test_the_checks_and_the_dry_run_do_not_import_torch():
+    code = ("import sys\n"
+            "from openrlhf_offpolicy.cli.train_ppo_ray import main\n"
+            "bad = main(sys.argv[1:] + ['--sapo_tau_pos', '2'])\n"
+            "ok = main(sys.argv[1:] + ['--dry_run'])\n"
+            "print(bad, ok, 'torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code, *_argv([])], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "2 0 False", result.stdout[-500:] + result.stderr[-1500:]
 
 
 def test_an_upstream_argument_check_is_reported_in_one_line(capsys):
