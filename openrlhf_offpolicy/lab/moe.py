@@ -334,13 +334,19 @@ def run_lab(config: MoELabConfig, methods, out_dir: str, progress: bool = True):
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS), metavar="METHOD")
-    parser.add_argument("--router-noise", type=float, default=MoELabConfig.router_noise)
-    parser.add_argument("--steps", type=int, default=MoELabConfig.steps)
-    parser.add_argument("--warmup-steps", type=int, default=MoELabConfig.warmup_steps)
-    parser.add_argument("--lr", type=float, default=MoELabConfig.lr)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--out", default="lab_results/moe")
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS), metavar="METHOD",
+                        help=f"methods to compare, of {', '.join(METHODS)} (default: all)")
+    parser.add_argument("--router-noise", type=float, default=MoELabConfig.router_noise,
+                        help="std of the rollout engine's router-logit noise (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=MoELabConfig.steps,
+                        help="RL steps per method and seed (default %(default)s)")
+    parser.add_argument("--warmup-steps", type=int, default=MoELabConfig.warmup_steps,
+                        help="supervised warm-up steps before RL (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=MoELabConfig.lr,
+                        help="trainer learning rate (default %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="seeds; tables and curves are means over them (default 0)")
+    parser.add_argument("--out", default="lab_results/moe", help="output folder (default %(default)s)")
     args = parser.parse_args(argv)
     if args.router_noise < 0 or args.steps < 1:
         parser.error("need --router-noise >= 0 and --steps >= 1")
