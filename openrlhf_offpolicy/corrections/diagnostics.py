@@ -30,13 +30,8 @@ from typing import Dict, Optional
 from ._torch import torch
 
 from .batch import Correction, PolicyBatch, Surrogate
-from .metrics import Mean, Statistic, effective_sample_size, maximum, sequence_mean, token_mean
+from .metrics import Mean, Statistic, effective_sample_size, masked_total, maximum, sequence_mean, token_mean
 from .stats import clamp_log_ratio
-
-
-def masked_total(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """sum(x * mask) in one read-only pass (no [B, T] temporary)."""
-    return torch.dot(x.reshape(-1), mask.reshape(-1)) if x.numel() else x.sum()
 
 
 def length_quartiles(token_counts: torch.Tensor) -> torch.Tensor:

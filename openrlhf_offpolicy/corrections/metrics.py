@@ -129,7 +129,7 @@ def _floating(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.to(like.dtype if like.is_floating_point() else torch.float32)
 
 
-def _masked_total(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_total(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """sum(x * mask) in x's floating dtype, in one read-only pass (no full-size temporary)."""
     x = _floating(x, mask)
     m = mask.detach().to(x.dtype)
@@ -138,12 +138,12 @@ def _masked_total(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def token_mean(x: torch.Tensor, mask: torch.Tensor) -> Mean:
     """Mean of ``x`` over the tokens where ``mask`` is 1 (reduced in x's dtype, parts kept in float64)."""
-    return Mean(total=_masked_total(x, mask), count=mask.detach().sum())
+    return Mean(total=masked_total(x, mask), count=mask.detach().sum())
 
 
 def sequence_mean(values: torch.Tensor, valid: torch.Tensor) -> Mean:
     """Mean of per-sequence ``values`` ``[B]`` over the sequences where ``valid`` is true."""
-    return Mean(total=_masked_total(values, valid), count=valid.detach().sum())
+    return Mean(total=masked_total(values, valid), count=valid.detach().sum())
 
 
 def maximum(x: torch.Tensor, mask: torch.Tensor) -> Max:

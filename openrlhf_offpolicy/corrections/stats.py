@@ -62,12 +62,3 @@ def log_in_band(log_stat: torch.Tensor, low: float, high: float) -> torch.Tensor
     log_low = float("-inf") if low <= 0 else torch.log(torch.tensor(low, dtype=torch.float64)).item()
     log_high = torch.log(torch.tensor(high, dtype=torch.float64)).item()
     return (log_stat >= log_low) & (log_stat <= log_high)
-
-
-def normalized_ess(weights: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """Kish's normalised effective sample size ``(sum w)^2 / (n sum w^2)`` in ``[0, 1]``.
-
-    ``weights`` must already be 0 off the mask; ``n`` is the number of masked-in entries.
-    """
-    first, second = weights.sum(), (weights * weights).sum()
-    return torch.where(second > 0, first * first / (n * second.clamp(min=1e-30)), torch.zeros_like(second))

@@ -25,9 +25,8 @@ from ..corrections.batch import make_policy_batch
 from ..corrections.config import UPSTREAM_GATES, correction_choices
 from ..corrections.normalize import batch_normalize
 from ..corrections.rejection import apply_rejection
-from ..corrections.diagnostics import (clip_fraction, clip_statistic, correction_metrics, filter_ratio,
-                                      masked_total, mismatch_metrics)
-from ..corrections.metrics import Mean, Statistic, as_statistic, token_mean
+from ..corrections.diagnostics import clip_fraction, clip_statistic, correction_metrics, filter_ratio, mismatch_metrics
+from ..corrections.metrics import Mean, Statistic, as_statistic, masked_total, token_mean
 
 
 TOPK_ARGUMENTS = ("rollout_topk_ids", "rollout_topk_log_probs", "topk_log_probs", "action_ids")

@@ -4,7 +4,6 @@ from helpers import ragged_mask
 from openrlhf_offpolicy.corrections.stats import (
     log_in_band,
     masked_mean,
-    normalized_ess,
     prefix_mean,
     safe_exp,
     seq_mean,
@@ -40,9 +39,10 @@ def test_log_in_band_decides_huge_ratios_without_overflow():
 
 
 def test_normalized_ess_is_one_for_equal_weights_and_drops_with_rejections():
+    from openrlhf_offpolicy.corrections.metrics import effective_sample_size
+
     mask = torch.ones(2, 4)
-    n = mask.sum()
-    assert normalized_ess(torch.ones(2, 4), n).item() == 1.0
+    assert effective_sample_size(torch.ones(2, 4), mask).item() == 1.0
     half = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
-    assert abs(normalized_ess(half, n).item() - 0.5) < 1e-7
-    assert normalized_ess(torch.zeros(2, 4), n).item() == 0.0
+    assert abs(effective_sample_size(half, mask).item() - 0.5) < 1e-7
+    assert effective_sample_size(torch.zeros(2, 4), mask).item() == 0.0
