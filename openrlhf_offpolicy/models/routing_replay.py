@@ -20,6 +20,13 @@ the experts run are exactly ``E``; their gate weights follow the model's own rul
                            correction bias only choose experts; replay replaces that choice).
 With ``E`` equal to the router's own top-k these reproduce the model's weights exactly.
 
+Layer order: vLLM 0.29's ``routed_experts`` has one row per *decoder layer* (``num_hidden_layers``,
+dense layers included; a row is written at its layer's index, so dense rows carry nothing), while
+a forward records one row per MoE router. ``replay`` takes either: rows per decoder layer are read
+at each router's decoder-layer index (``RoutingReplay.decoder_layers``), dense rows are ignored.
+Which decoder layers are MoE follows the model's config (``moe_layer_indices``), and the routers
+found in the HF model must sit exactly there, or the model is refused.
+
 Token order: a router sees the flattened hidden states of the forward, one row per input position
 (``B * T`` rows in a padded batch, the ``nnz`` non-padding positions in a packed one). Recorded
 and replayed ids are ``[N, L, k]`` in that order (L = MoE layers in module order);
@@ -115,6 +122,46 @@ GATE_RULES: Dict[str, Callable] = {
 }
 
 
+def _get(config, key, default=None):
+    value = config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
+    return default if value is None else value
+
+
+def moe_layer_indices(config) -> List[int]:
+    """Decoder-layer indices of the MoE layers, from an HF config (object or ``config.json`` dict).
+
+    Rules (as the HF modeling files and vLLM place the sparse blocks):
+      * qwen2_moe / qwen3_moe: layer i is MoE iff i not in ``mlp_only_layers`` and
+        (i + 1) % ``decoder_sparse_step`` == 0;
+      * deepseek_v3: i >= ``first_k_dense_replace`` and i % ``moe_layer_freq`` == 0 (HF's model
+        ignores ``moe_layer_freq``; a value other than 1 is refused: HF and vLLM would disagree);
+      * mixtral: every layer.
+    """
+    model_type = _get(config, "model_type")
+    layers = range(int(_get(config, "num_hidden_layers", 0)))
+    if model_type in ("qwen2_moe", "qwen3_moe"):
+        dense, step = set(_get(config, "mlp_only_layers", [])), int(_get(config, "decoder_sparse_step", 1))
+        return [i for i in layers if i not in dense and (i + 1) % step == 0]
+    if model_type == "deepseek_v3":
+        if int(_get(config, "moe_layer_freq", 1)) != 1:
+            raise RoutingReplayError("routing replay: deepseek_v3 with moe_layer_freq != 1 places MoE layers "
+                                     "differently in Hugging Face (ignores it) and vLLM (honours it)")
+        return [i for i in layers if i >= int(_get(config, "first_k_dense_replace", 0))]
+    if model_type == "mixtral":
+        return list(layers)
+    raise RoutingReplayError(f"routing replay does not support model_type {model_type!r}; "
+                             f"supported MoE architectures: {supported_names()}")
+
+
+def _decoder_layer_index(module_name: str) -> int:
+    """``model.layers.3.mlp.gate`` -> 3: the decoder-layer index in an HF module name."""
+    parts = module_name.split(".")
+    for before, part in zip(parts, parts[1:]):
+        if before == "layers" and part.isdigit():
+            return int(part)
+    raise RoutingReplayError(f"routing replay: cannot find the decoder layer of router {module_name!r}")
+
+
 def find_routers(model: torch.nn.Module) -> List[torch.nn.Module]:
     """The MoE routers of a supported HF model, in layer order; one-line error otherwise."""
     config = getattr(model, "config", None)
@@ -187,6 +234,13 @@ class RoutingReplay:
     def __init__(self, model: torch.nn.Module):
         self.routers = find_routers(model)
         self.layer_of = {id(r): i for i, r in enumerate(self.routers)}
+        names = {id(m): name for name, m in model.named_modules()}
+        self.decoder_layers = tuple(_decoder_layer_index(names[id(r)]) for r in self.routers)
+        self.num_decoder_layers = int(model.config.num_hidden_layers)
+        expected = moe_layer_indices(model.config)
+        if list(self.decoder_layers) != expected:
+            raise RoutingReplayError(f"routing replay: the model's routers sit at decoder layers "
+                                     f"{list(self.decoder_layers)}, its config places MoE layers at {expected}")
         first = self.routers[0]
         self.num_layers, self.top_k, self.num_experts = len(self.routers), first.top_k, first.num_experts
         self.dtype = storage_dtype(self.num_experts)
@@ -233,11 +287,16 @@ class RoutingReplay:
                on_forward: Optional[Callable[["RoutingReplay"], None]] = None) -> Iterator[None]:
         """Route the positions of ``mask`` (``[N]`` bool, default all) through ``ids`` ``[N, L, k]``.
 
+        ``L`` is the number of MoE layers (one row per router, as ``recorded``), or the number of
+        decoder layers (vLLM's layout: each router reads the row of its decoder layer).
         ``on_forward(self)`` is called each time the last MoE layer has routed (after every forward,
         and again after a gradient-checkpointing recomputation, with the same counts)."""
+        if ids.dim() == 3 and ids.shape[1:] == (self.num_decoder_layers, self.top_k):
+            ids = ids[:, list(self.decoder_layers)]
         if ids.dim() != 3 or ids.shape[1:] != (self.num_layers, self.top_k):
             raise RoutingReplayError(f"replayed ids have shape {tuple(ids.shape)}, the model needs "
-                                     f"[tokens, {self.num_layers}, {self.top_k}]")
+                                     f"[tokens, {self.num_layers}, {self.top_k}] (one row per MoE layer) or "
+                                     f"[tokens, {self.num_decoder_layers}, {self.top_k}] (one per decoder layer)")
         if mask is not None and mask.shape != ids.shape[:1]:
             raise RoutingReplayError(f"replay mask {tuple(mask.shape)} does not match ids {tuple(ids.shape)}")
         self._enter("replay")
