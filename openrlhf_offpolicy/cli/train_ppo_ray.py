@@ -31,6 +31,7 @@ warnings.filterwarnings("ignore", message="The pynvml package is deprecated", ca
 
 from ..corrections import POLICY_LOSSES, correction_choices, method_params  # noqa: E402
 from ..integration.advantages import translate_estimator  # noqa: E402
+from ..integration.routing_checks import unchecked_model_note  # noqa: E402
 from ..integration.sampling import with_rollout_sampling  # noqa: E402
 from ..integration.settings import OffPolicySettings  # noqa: E402
 from ..integration.upstream_args import given_flags, peek_upstream_args, vllm_enabled  # noqa: E402
@@ -241,6 +242,9 @@ def parse(argv: Sequence[str]):
     settings = with_rollout_sampling(settings, peeked)
     upstream_given = given_flags(upstream_argv)
     config = settings.check(peeked, upstream_given)
+    note = unchecked_model_note(settings.routing_replay, peeked)
+    if note:
+        _note(note)
     settings = with_engine_dtype(settings, peeked)
     checks.check_selected(
         {name: getattr(ours, name) for name in method_params() if hasattr(ours, name)}, config, upstream_given,

@@ -84,7 +84,7 @@ class OffPolicySettings:
         self._check_topk(config, args)
         from .routing_checks import check_routing_replay
 
-        check_routing_replay(self.routing_replay, args, self.logprobs_topk)
+        check_routing_replay(self.routing_replay, args, self.logprobs_topk, self.bypass_old_logprobs)
         from .async_settings import check_async_settings
 
         check_async_settings(self, config, args)

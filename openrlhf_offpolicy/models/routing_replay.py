@@ -74,6 +74,7 @@ def check_config(config: dict) -> None:
         experts = config.get("num_experts", config.get("num_local_experts", config.get("n_routed_experts", 1)))
         if not experts:
             raise RoutingReplayError(f"routing replay needs an MoE model, but this {model_type} config has no experts")
+        moe_layer_indices(config)  # refuses a layer layout Hugging Face and vLLM place differently
         return
     if any(config.get(key) for key in _MOE_CONFIG_KEYS):
         raise RoutingReplayError(f"routing replay does not support model_type {model_type!r}; "

@@ -442,6 +442,7 @@ def test_experience_maker_sends_or_collects_each_micro_batchs_routing(tiny_moe_d
     (["--routing_replay", "r3", "--ds.ring_attn_size", "2"], "ring attention"),
     (["--routing_replay", "r3", "--vllm_logprobs_topk", "2"], "--vllm_logprobs_topk"),
     (["--routing_replay", "r4"], "invalid choice"),
+    (["--routing_replay", "r2", "--bypass_old_logprobs"], "--bypass_old_logprobs skips"),
 ])
 def test_unsupported_routing_replay_combinations_exit_2_with_one_line(capsys, extra, message):
     from openrlhf_offpolicy.cli.train_ppo_ray import main
@@ -461,3 +462,56 @@ def test_a_dense_local_model_is_rejected_before_ray_and_an_moe_one_accepted(caps
     _, settings, _ = parse(MINIMAL_UPSTREAM_ARGV + ["--actor.model_name_or_path", tiny_moe_dir,
                                                     "--routing_replay", "r2"])
     assert settings.routing_replay == "r2"
+
+
+def hub_cache_with(root, repo_id, config):
+    """A Hugging Face hub cache (the layout ``huggingface_hub`` writes) holding ``repo_id``'s config.json."""
+    folder = root / ("models--" + repo_id.replace("/", "--"))
+    snapshot = folder / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0123abcd")
+    (snapshot / "config.json").write_text(json.dumps(config))
+    return str(root)
+
+
+def dry_run_main(argv, capsys):
+    from openrlhf_offpolicy.cli.train_ppo_ray import main
+
+    status = main(argv + ["--dry_run"])
+    return status, capsys.readouterr().err.strip()
+
+
+HUB_MOE = {"model_type": "qwen3_moe", "num_experts": 8, "num_hidden_layers": 2, "mlp_only_layers": []}
+
+
+@pytest.mark.parametrize("config, status, message", [
+    ({"model_type": "qwen2", "hidden_size": 8}, 2, "dense; supported MoE architectures"),
+    ({"model_type": "deepseek_v3", "n_routed_experts": 8, "num_hidden_layers": 3, "moe_layer_freq": 2}, 2,
+     "moe_layer_freq"),
+    (HUB_MOE, 0, ""),
+])
+def test_a_hub_model_in_the_local_cache_is_checked_for_moe_before_ray(capsys, tmp_path, monkeypatch, config, status,
+                                                                     message):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", hub_cache_with(tmp_path, "org/tiny", config))
+    argv = MINIMAL_UPSTREAM_ARGV + ["--actor.model_name_or_path", "org/tiny", "--routing_replay", "r2"]
+    got, err = dry_run_main(argv, capsys)
+    assert got == status, err
+    if status:
+        assert message in err and "\n" not in err
+    else:
+        assert "note:" not in err
+
+
+def test_a_hub_model_out_of_reach_gets_one_note_that_the_check_is_at_the_first_forward(capsys, tmp_path,
+                                                                                     monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    argv = MINIMAL_UPSTREAM_ARGV + ["--actor.model_name_or_path", "org/not-cached", "--routing_replay", "r3"]
+    got, err = dry_run_main(argv, capsys)
+    notes = [line for line in err.splitlines() if "note:" in line]
+    assert got == 0
+    assert len(notes) == 1 and "org/not-cached" in notes[0] and "first forward" in notes[0], err
