@@ -144,3 +144,29 @@ def test_single_turn_sampling_params_with_a_truncation_the_trainer_does_not_appl
             samples_generator.SamplingParams(temperature=1.0, max_tokens=4, top_k=40)
     finally:
         patches.undo()
+
+
+def vllm_kept(logits, top_k=None, top_p=None):
+    """The tokens vLLM 0.29's PyTorch top-k/top-p path keeps (``apply_top_k_top_p_pytorch``; the path a
+    CPU, or a GPU batch of fewer than 8 rows, takes)."""
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
+
+    n = logits.shape[0]
+    k = None if top_k is None else torch.full((n,), top_k, dtype=torch.long)
+    p = None if top_p is None else torch.full((n,), top_p, dtype=torch.float32)
+    return apply_top_k_top_p_pytorch(logits.clone(), k, p, allow_cpu_sync=True) != float("-inf")
+
+
+@pytest.mark.parametrize("top_k,top_p", [(None, 0.9), (None, 0.5), (20, None), (50, 0.8), (1, None)])
+def test_trainer_kept_set_equals_vllms_sampler_token_for_token_on_bf16_valued_logits(top_k, top_p):
+    # bf16-valued float32 logits (what the engines' bf16 heads produce): many exact ties, so the kept
+    # set depends on vLLM's exact order of operations (ascending sort, its cumsum, `<= 1 - p`)
+    g = torch.Generator().manual_seed(7)
+    logits = (torch.randn(64, 32000, generator=g) * 2.5).bfloat16().float()
+    truncation = Truncation(top_k=top_k or -1, top_p=top_p or 1.0)
+    ours = torch.isfinite(truncate_logits(logits, truncation))
+    theirs = vllm_kept(logits, top_k, top_p)
+    assert int((ours != theirs).any(dim=-1).sum()) == 0, "rows whose kept set differs from vLLM's"
+    labels = theirs.float().multinomial(1, generator=g).squeeze(-1)  # tokens vLLM could sample
+    lp, _ = log_probs_with_topk(logits, labels, truncation=truncation, chunk=16)
+    assert torch.isfinite(lp).all()
