@@ -40,6 +40,9 @@ from typing import Optional, Tuple
 import torch
 
 CHUNK_POSITIONS = 1024  # upstream's chunk size for its log-normaliser
+# The truncated path sorts each chunk (values + int64 indices: 3x the chunk's float32 size as
+# temporaries), so it works on smaller chunks: its transient memory stays small next to the logits.
+TRUNCATION_CHUNK_POSITIONS = 128
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,7 @@ def log_probs_with_topk(
             return label_lp, None
         return label_lp, (flat.gather(-1, ids) - lse.unsqueeze(-1)).view(*labels.shape, ids.shape[-1])
     index = flat_labels.long() if ids is None else torch.cat([flat_labels.long(), ids], dim=-1)
-    out = TruncatedLogProbs.apply(flat, index, truncation, chunk)
+    out = TruncatedLogProbs.apply(flat, index, truncation, min(chunk, TRUNCATION_CHUNK_POSITIONS))
     label_lp = out[:, 0].view(labels.shape)
     if ids is None:
         return label_lp, None
