@@ -10,6 +10,8 @@ for negative advantages (tau_neg > tau_pos). The paper aggregates seq-mean-token
 
 from __future__ import annotations
 
+from functools import partial
+
 from ._torch import torch
 
 from .batch import PolicyBatch, Surrogate
@@ -25,8 +27,11 @@ def _choose(condition: torch.Tensor, if_true: float, if_false: float, like: torc
 
 def _gate_mean(sigmoid: torch.Tensor, batch: PolicyBatch):
     """mean_t 4 s (1 - s) from the loss's own sigmoid s, read lazily: sapo/gate_mean."""
-    s = sigmoid.detach()
-    return lambda: token_mean(4 * s * (1 - s), batch)
+    return partial(_gate_mean_value, sigmoid.detach(), batch)  # picklable, unlike a lambda
+
+
+def _gate_mean_value(s: torch.Tensor, batch: PolicyBatch):
+    return token_mean(4 * s * (1 - s), batch)
 
 
 @POLICY_LOSSES.register(
