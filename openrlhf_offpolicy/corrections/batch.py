@@ -50,6 +50,8 @@ def make_topk(ids: torch.Tensor, rollout_log_probs: torch.Tensor, log_probs: tor
             f"rollout_topk_ids {tuple(ids.shape)}, rollout_topk_log_probs {tuple(rollout_log_probs.shape)} and "
             f"topk_log_probs {tuple(log_probs.shape)} must share one [batch, actions, K] shape"
         )
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise ValueError(f"rollout_topk_ids must hold integer token ids, got {ids.dtype}")
     if action_ids.shape != ids.shape[:2]:
         raise ValueError(f"action_ids has shape {tuple(action_ids.shape)} but the top-K ids have {tuple(ids.shape)}")
     rollout_log_probs = rollout_log_probs.detach().to(dtype)
