@@ -266,6 +266,23 @@ def positive(value: float) -> Optional[str]:
     return None if value > 0 else "must be > 0"
 
 
+def scale_in(low: float, high: float) -> Callable[[float], Optional[str]]:
+    """A check for a positive scale in [low, high]: outside it a method's loss or gradient overflows float32
+    (e.g. SAPO's 4/tau gate with tau = 1e-38). A picklable callable, not a closure."""
+    return _ScaleIn(low, high)
+
+
+@dataclass(frozen=True)
+class _ScaleIn:
+    low: float
+    high: float
+
+    def __call__(self, value: float) -> Optional[str]:
+        if not value > 0:
+            return "must be > 0"
+        return None if self.low <= value <= self.high else f"must lie in [{self.low:g}, {self.high:g}]"
+
+
 def non_negative(value: float) -> Optional[str]:
     return None if value >= 0 else "must be >= 0"
 
