@@ -259,6 +259,10 @@ def make_policy_batch(
         sums = torch.cat([sums, topk_bad.any().to(sums.dtype).reshape(1) * float("nan")])
     zero = torch.zeros((), dtype=dtype, device=log_probs.device)
     if bool(torch.isfinite(sums).all()):
+        if action_mask is not None:
+            # A masked token's advantage is never read; zeroed, a huge one (r A = inf) cannot reach a
+            # gradient as 0 x inf through a method's own nonlinearity.
+            inputs["advantages"] = torch.where(mask > 0, inputs["advantages"], zero)
         batch = PolicyBatch(log_probs=log_probs, mask=mask, topk=topk, **inputs)
         nonfinite = 0
     else:
