@@ -74,5 +74,6 @@ def reinforce_max_advantages(
     scaled = (pos * alpha.unsqueeze(-1) + neg * beta.unsqueeze(-1)).reshape(tokens.shape)
     out = scaled.to(out_dtype)
     if not bool(torch.isfinite(out).all()):  # only a group left unscaled (one sign) can overflow
-        raise ValueError(f"reinforce_max: advantages overflow {out_dtype} (rewards up to {float(rewards.abs().max()):.3g})")
+        raise ValueError(f"reinforce_max: advantages overflow {out_dtype} "
+                         f"(rewards up to {float(rewards.abs().max()):.3g})")
     return out

@@ -273,7 +273,8 @@ def resolve_correction(
     if check_bool(enable_vllm_is_correction, "enable_vllm_is_correction"):
         if vllm_is_correction_type not in correction_choices():
             raise ValueError(
-                f"unknown vllm_is_correction_type {shorten(vllm_is_correction_type)}; choose from {correction_choices()}"
+                f"unknown vllm_is_correction_type {shorten(vllm_is_correction_type)}; "
+                f"choose from {correction_choices()}"
             )
         seed_choice = (
             CORRECTIONS.canonical(vllm_is_correction_type),

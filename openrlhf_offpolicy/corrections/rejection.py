@@ -150,7 +150,8 @@ DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?
 
 def _number(text: str, criterion: str) -> float:
     if not DECIMAL.fullmatch(text):
-        raise ValueError(f"rejection criterion {shorten(criterion)}: {shorten(text)} is not a number (a finite ASCII decimal such as 0.05)")
+        raise ValueError(f"rejection criterion {shorten(criterion)}: {shorten(text)} is not a number "
+                         "(a finite ASCII decimal such as 0.05)")
     value = float(text)
     problem = float32_problem(value)
     if problem:
@@ -167,7 +168,8 @@ def parse_criterion(text: str) -> Criterion:
     if rule not in RULES:
         hint = " (seq_max takes k2 or k3 only: k1 is signed)" if rule == "seq_max_k1" else ""
         raise ValueError(
-            f"unknown rejection criterion {shorten(rule)} in {shorten(name)}{hint}; use AGG_METRIC:HIGH or AGG_METRIC:LOW:HIGH "
+            f"unknown rejection criterion {shorten(rule)} in {shorten(name)}{hint}; "
+            "use AGG_METRIC:HIGH or AGG_METRIC:LOW:HIGH "
             f"with AGG in {list(AGGREGATIONS)} and METRIC in {list(STATISTICS)}, or {', '.join(SPECIAL)}"
         )
     bounds = [_number(b, name) for b in bounds_text]
@@ -175,7 +177,8 @@ def parse_criterion(text: str) -> Criterion:
     if statistic == "k1":
         if len(bounds) == 1:
             if not bounds[0] > 0:
-                raise ValueError(f"rejection criterion {shorten(name)}: a single k1 bound H means [-H, H] and needs H > 0")
+                raise ValueError(f"rejection criterion {shorten(name)}: a single k1 bound H means [-H, H] "
+                                 "and needs H > 0")
             bounds = [-bounds[0], bounds[0]]
         if len(bounds) != 2:
             raise ValueError(f"rejection criterion {shorten(name)}: k1 takes HIGH or LOW:HIGH")
@@ -215,8 +218,8 @@ def parse_rejection(value: Union[None, str, Iterable[str]]) -> Tuple[Criterion, 
     for criterion in criteria:
         key = (criterion.rule, criterion.low, criterion.high)
         if key in seen:
-            raise ValueError(f"rejection criterion given twice: {shorten(seen[key].name)} and {shorten(criterion.name)} "
-                             "are the same criterion")
+            raise ValueError(f"rejection criterion given twice: {shorten(seen[key].name)} and "
+                             f"{shorten(criterion.name)} are the same criterion")
         seen[key] = criterion
     return criteria
 
