@@ -177,6 +177,8 @@ def log_probs_with_topk(
     flat = logits.reshape(-1, vocab)
     flat_labels = labels.reshape(-1, 1)
     ids = None if topk_ids is None else topk_ids.reshape(flat.shape[0], -1).clamp(min=0).long()
+    if ids is not None and ids.numel() and int(ids.max()) >= vocab:  # a gather would fail (or assert on CUDA)
+        raise ValueError(f"top-K token id {int(ids.max())} is outside the vocabulary of {vocab} logits")
     if truncation is None or not truncation.active:
         lse = logsumexp_by_chunk(flat, chunk)
         label_lp = (flat.gather(-1, flat_labels).squeeze(-1) - lse).view(labels.shape)

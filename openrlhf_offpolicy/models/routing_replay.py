@@ -212,6 +212,42 @@ def from_router_order(rows: torch.Tensor, attention_mask: torch.Tensor, packed: 
     return rows.reshape(batch, length, *rows.shape[1:]).permute(0, 2, 3, 1).contiguous()
 
 
+def check_expert_ids(ids: torch.Tensor, num_experts: int, mask: Optional[torch.Tensor] = None,
+                     locate: Optional[Callable[[int], str]] = None) -> None:
+    """Refuse replayed ids ``[N, L, k]`` that are not integers, lie outside ``0..num_experts-1`` or name
+    one expert twice within a token's top-k (at the positions of ``mask``, ``[N]`` bool, default all).
+
+    A ``RoutingReplayError`` names the position (``locate(n)``, e.g. its sample and token), the MoE layer
+    and the id. One check per replayed forward, one synchronisation; never per layer.
+    """
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise RoutingReplayError(f"replayed expert ids must be integers, got {ids.dtype} (a float id would be "
+                                 "truncated, a NaN read as expert 0)")
+    rows = ids if mask is None else ids[mask.to(ids.device).bool()]
+    positions = None if mask is None else mask.to(ids.device).bool().nonzero().flatten()
+    if rows.numel() == 0:
+        return
+    out_of_range = (rows < 0) | (rows >= num_experts)
+    ordered = rows.sort(dim=-1).values
+    repeated = (ordered[..., 1:] == ordered[..., :-1]).any(dim=-1)  # [n, L]
+    if not bool(out_of_range.any() | repeated.any()):
+        return
+
+    def where(row: int, layer: int) -> str:
+        n = int(positions[row]) if positions is not None else row
+        return f"{locate(n) if locate is not None else f'position {n}'}, MoE layer {layer}"
+
+    if bool(out_of_range.any()):
+        row, layer, slot = (int(i) for i in out_of_range.nonzero()[0])
+        raise RoutingReplayError(f"replayed expert ids must lie in 0..{num_experts - 1}: {where(row, layer)} "
+                                 f"names expert {int(rows[row, layer, slot])}")
+    row, layer = (int(i) for i in repeated.nonzero()[0])
+    sorted_ids = ordered[row, layer]
+    twice = int(sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]][0])
+    raise RoutingReplayError(f"replayed expert ids must be distinct within a token's top-k: {where(row, layer)} "
+                             f"names expert {twice} twice ({rows[row, layer].tolist()})")
+
+
 # --------------------------------------------------------------------------- controller
 @dataclass
 class RoutingCounts:
@@ -285,13 +321,15 @@ class RoutingReplay:
 
     @contextlib.contextmanager
     def replay(self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None,
-               on_forward: Optional[Callable[["RoutingReplay"], None]] = None) -> Iterator[None]:
+               on_forward: Optional[Callable[["RoutingReplay"], None]] = None,
+               locate: Optional[Callable[[int], str]] = None) -> Iterator[None]:
         """Route the positions of ``mask`` (``[N]`` bool, default all) through ``ids`` ``[N, L, k]``.
 
         ``L`` is the number of MoE layers (one row per router, as ``recorded``), or the number of
         decoder layers (vLLM's layout: each router reads the row of its decoder layer).
         ``on_forward(self)`` is called each time the last MoE layer has routed (after every forward,
-        and again after a gradient-checkpointing recomputation, with the same counts)."""
+        and again after a gradient-checkpointing recomputation, with the same counts). The ids are
+        checked once here (``check_expert_ids``; ``locate(n)`` names position n in its messages)."""
         if ids.dim() == 3 and ids.shape[1:] == (self.num_decoder_layers, self.top_k):
             ids = ids[:, list(self.decoder_layers)]
         if ids.dim() != 3 or ids.shape[1:] != (self.num_layers, self.top_k):
@@ -300,6 +338,7 @@ class RoutingReplay:
                                      f"[tokens, {self.num_decoder_layers}, {self.top_k}] (one per decoder layer)")
         if mask is not None and mask.shape != ids.shape[:1]:
             raise RoutingReplayError(f"replay mask {tuple(mask.shape)} does not match ids {tuple(ids.shape)}")
+        check_expert_ids(ids, self.num_experts, mask, locate)
         self._enter("replay")
         self._ids = ids.long()
         self._mask = mask.bool() if mask is not None else None
@@ -345,8 +384,6 @@ class RoutingReplay:
             ids = torch.where(mask.unsqueeze(-1), ids, own)
         else:
             mask = torch.ones(own.shape[0], dtype=torch.bool, device=own.device)
-        if ids.min() < 0 or ids.max() >= self.num_experts:
-            raise RoutingReplayError(f"replayed expert ids must lie in 0..{self.num_experts - 1}")
         flipped = (own.sort(dim=-1).values != ids.sort(dim=-1).values).any(dim=-1) & mask
         self._counts[layer] = (mask, flipped)
         if layer == self.num_layers - 1 and self._on_forward is not None:

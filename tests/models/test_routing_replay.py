@@ -186,8 +186,8 @@ def test_router_gradient_under_replay_matches_a_float64_reference_for_one_qwen_l
     replay = RoutingReplay(model)
     g = torch.Generator().manual_seed(0)
     h = torch.randn(5, HIDDEN, generator=g, dtype=torch.float64)
-    ids = torch.randint(0, replay.num_experts, (5, replay.num_layers, replay.top_k), generator=g)
-    ids[:, 0] = torch.stack([torch.randperm(replay.num_experts, generator=g)[:replay.top_k] for _ in range(5)])
+    ids = torch.stack([torch.stack([torch.randperm(replay.num_experts, generator=g)[:replay.top_k]
+                                    for _ in range(replay.num_layers)]) for _ in range(5)])  # distinct per token
     c = torch.randn(5, replay.top_k, generator=g, dtype=torch.float64)
     with replay.replay(ids):
         _, weights, used = router(h)
