@@ -262,7 +262,7 @@ def parse(argv: Sequence[str], output: Optional[Output] = None):
     config = settings.check(peeked, upstream_given)
     note = unchecked_model_note(settings.routing_replay, peeked)
     if note:
-        _note(note)
+        output.note(note)
     settings = with_engine_dtype(settings, peeked)
     checks.check_selected(
         {name: getattr(ours, name) for name in method_params() if hasattr(ours, name)}, config, upstream_given,
