@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 from ._torch import torch
 
-from .stats import clamp_log_ratio
+from .stats import clamp_log_ratio, segment_ids, turn_index
 
 
 @dataclass
@@ -80,6 +80,9 @@ class PolicyBatch:
     mask:               float 0/1, action tokens whose inputs (read by the loss) are all finite
     rollout_mask:       float 0/1, the tokens of ``mask`` with a finite pi_roll; differs from ``mask``
                         only when the loss does not read pi_roll (diagnostics only)
+    segment_mask:       the action mask as given, which defines the segments (turns); None: ``mask``.
+                        It differs from ``mask`` only where a non-finite token was dropped, which
+                        must not split its turn in two
     """
 
     log_probs: torch.Tensor
@@ -89,6 +92,17 @@ class PolicyBatch:
     rollout_log_probs: Optional[torch.Tensor] = None
     topk: Optional[TopK] = None
     rollout_mask: Optional[torch.Tensor] = None
+    segment_mask: Optional[torch.Tensor] = None
+
+    @cached_property
+    def segment_ids(self) -> torch.Tensor:
+        """``[B, T]`` batch-wide segment number of each action token (-1 off the action mask)."""
+        return segment_ids(self.mask if self.segment_mask is None else self.segment_mask)
+
+    @cached_property
+    def turns(self) -> torch.Tensor:
+        """``[B, T]`` turn of each action token within its row: 1, 2, ... (0 off the action mask)."""
+        return turn_index(self.mask if self.segment_mask is None else self.segment_mask)
 
     @cached_property
     def rollout_on(self) -> torch.Tensor:
@@ -260,6 +274,7 @@ def make_policy_batch(
             log_probs=torch.where(valid, log_probs, zero),
             mask=valid.to(dtype),
             topk=topk,
+            segment_mask=mask,
             **{k: torch.where(valid, v, zero) for k, v in inputs.items()},
         )
         nonfinite = int((~finite & (mask > 0)).sum())

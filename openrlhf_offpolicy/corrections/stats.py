@@ -62,3 +62,49 @@ def log_in_band(log_stat: torch.Tensor, low: float, high: float) -> torch.Tensor
     log_low = float("-inf") if low <= 0 else torch.log(torch.tensor(low, dtype=torch.float64)).item()
     log_high = torch.log(torch.tensor(high, dtype=torch.float64)).item()
     return (log_stat >= log_low) & (log_stat <= log_high)
+
+
+# --------------------------------------------------------------------------- segments (turns)
+# A segment is a maximal run of consecutive action tokens of a row: in a multi-turn agent episode,
+# one assistant turn between two tool outputs (which the action mask marks 0).
+def segment_starts(mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool: the first token of each segment of ``mask``."""
+    on = mask > 0
+    before = torch.zeros_like(on)
+    before[:, 1:] = on[:, :-1]
+    return on & ~before
+
+
+def turn_index(mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` long: 1 for the tokens of a row's first segment, 2 for its second, ...; 0 off the mask."""
+    return torch.cumsum(segment_starts(mask).long(), dim=-1) * (mask > 0)
+
+
+def segment_ids(mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` long: a batch-wide segment number 0, 1, ... (row-major); -1 off the mask."""
+    ids = torch.cumsum(segment_starts(mask).reshape(-1).long(), dim=0).reshape(mask.shape) - 1
+    return torch.where(mask > 0, ids, torch.full_like(ids, -1))
+
+
+def segment_reduce(x: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor, how: str) -> torch.Tensor:
+    """Every token's segment ``sum`` / ``mean`` / ``max`` of ``x`` over the tokens where ``weight`` is 1.
+
+    ``ids`` come from ``segment_ids``; the result is ``[B, T]`` (0 off the segments). A token with
+    ``weight`` 0 inside a segment (a non-finite input) is skipped, as in ``seq_mean``.
+    """
+    flat_ids = ids.reshape(-1).clamp(min=0)
+    size = max(ids.numel(), 1)
+    inside = (ids >= 0).reshape(-1)
+    w = (weight.reshape(-1) * inside).to(x.dtype)
+    if how == "max":
+        low = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
+        values = torch.where(w > 0, x.reshape(-1), low)
+        per_segment = torch.full((size,), float("-inf"), dtype=x.dtype, device=x.device)
+        per_segment = per_segment.scatter_reduce(0, flat_ids, values, reduce="amax")
+        per_segment = torch.where(torch.isfinite(per_segment), per_segment, torch.zeros_like(per_segment))
+    else:
+        per_segment = torch.zeros(size, dtype=x.dtype, device=x.device).index_add_(0, flat_ids, x.reshape(-1) * w)
+        if how == "mean":
+            counts = torch.zeros(size, dtype=x.dtype, device=x.device).index_add_(0, flat_ids, w)
+            per_segment = per_segment / counts.clamp(min=1.0)
+    return torch.where(ids >= 0, per_segment[flat_ids].reshape(ids.shape), torch.zeros_like(x))
