@@ -80,6 +80,7 @@ class PolicyBatch:
     mask:               float 0/1, action tokens whose inputs (read by the loss) are all finite
     rollout_mask:       float 0/1, the tokens of ``mask`` with a finite pi_roll; differs from ``mask``
                         only when the loss does not read pi_roll (diagnostics only)
+    version_lag:        ``[B]`` policy-version lag v_theta - v_behave of each sample (async runs; a3po)
     segment_mask:       the action mask as given, which defines the segments (turns); None: ``mask``.
                         It differs from ``mask`` only where a non-finite token was dropped, which
                         must not split its turn in two
@@ -93,6 +94,7 @@ class PolicyBatch:
     topk: Optional[TopK] = None
     rollout_mask: Optional[torch.Tensor] = None
     segment_mask: Optional[torch.Tensor] = None
+    version_lag: Optional[torch.Tensor] = None  # [B] policy updates between each sample's rollout and now
 
     @cached_property
     def segment_ids(self) -> torch.Tensor:
