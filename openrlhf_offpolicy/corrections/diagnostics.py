@@ -10,9 +10,18 @@ tokens with a finite pi_roll:
     mismatch/chi2_seq       sequence mean of rho(y)^2 - 1, rho(y) = exp(clamp(sum_t log rho_t, +-20))
     mismatch/ppl_ratio      sequence mean of PPL_old(y) / PPL_roll(y) = exp(-mean_t log rho_t)
     mismatch/prob_abs_diff  token mean of |pi_old(y_t) - pi_roll(y_t)|
-    mismatch/k3_q1..k3_q4   token mean of k3 over the sequences of each response-length quartile
-                            (q1 shortest); the quartiles are ranked within each loss call
-                            (micro-batch), so the step value is exact for that per-call ranking
+    mismatch/js             token mean of the Jensen-Shannon divergence between pi_old and pi_roll over
+                            the binary event {y_t, any other token}
+    mismatch/prob_diff_gt_ln2_frac
+                            token fraction with |log rho_t| > ln 2 (one probability at least twice the other)
+    mismatch/k3_len<=512, k3_len<=2048, k3_len<=8192, k3_len>8192
+                            token mean of k3 over the sequences whose response length (action tokens)
+                            falls in that fixed bucket of the generation budget
+    mismatch/k3_turn1, k3_turn2, k3_turn3+
+                            token mean of k3 over the tokens of each row's first, second and later
+                            turns (segments: maximal runs of action tokens)
+Every bucket is fixed in advance (not ranked within a micro-batch), so every metric is exact over the
+training step.
 The correction's coefficients c_t over the action tokens:
     is/weight_mean         token mean of c_t (rejected tokens count as 0)
     is/weight_max          max of c_t over the step
@@ -25,7 +34,8 @@ Every tensor read here is already 0 off the mask (``batch.log_rho``, ``Correctio
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+import math
+from typing import Dict, Optional, Tuple
 
 from ._torch import torch
 
@@ -34,17 +44,36 @@ from .metrics import Mean, Statistic, effective_sample_size, masked_total, maxim
 from .stats import clamp_log_ratio
 
 
-def length_quartiles(token_counts: torch.Tensor) -> torch.Tensor:
-    """Quartile 0..3 of each sequence's response length within the call (ties by position); -1: no tokens."""
-    valid = token_counts > 0
-    n_valid = valid.sum()
-    # Sequences without tokens sort first (key -1), so valid ranks start at B - n_valid.
-    order = torch.argsort(torch.where(valid, token_counts, -torch.ones_like(token_counts)), stable=True)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=order.device)
-    rank = rank - (order.numel() - n_valid)
-    quartile = torch.div(4 * rank, n_valid.clamp(min=1), rounding_mode="floor")
-    return torch.where(valid, quartile, -torch.ones_like(quartile))
+LENGTH_BUCKETS = (512, 2048, 8192)  # upper edges (action tokens); the last bucket is open
+TURN_BUCKETS = (1, 2)  # turn1, turn2, then turn3+
+LN2 = math.log(2.0)
+
+
+def length_bucket_names() -> Tuple[str, ...]:
+    return tuple(f"mismatch/k3_len<={edge}" for edge in LENGTH_BUCKETS) + (f"mismatch/k3_len>{LENGTH_BUCKETS[-1]}",)
+
+
+def turn_bucket_names() -> Tuple[str, ...]:
+    return tuple(f"mismatch/k3_turn{t}" for t in TURN_BUCKETS) + (f"mismatch/k3_turn{TURN_BUCKETS[-1] + 1}+",)
+
+
+def length_bucket(token_counts: torch.Tensor) -> torch.Tensor:
+    """Bucket 0..len(LENGTH_BUCKETS) of each sequence's response length (fixed edges)."""
+    edges = torch.tensor(LENGTH_BUCKETS, dtype=token_counts.dtype, device=token_counts.device)
+    return torch.bucketize(token_counts, edges, right=False)
+
+
+def binary_js(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence of Bernoulli(p) and Bernoulli(q), p = exp(log_p): >= 0, <= ln 2."""
+    p, q = log_p.clamp(max=0.0).exp(), log_q.clamp(max=0.0).exp()
+    m = 0.5 * (p + q)
+
+    def plogp_over_m(x, mx):  # x log(x / m), 0 where x is 0
+        return torch.where(x > 0, x * (torch.log(x.clamp(min=1e-300)) - torch.log(mx.clamp(min=1e-300))),
+                           torch.zeros_like(x))
+
+    total = (plogp_over_m(p, m) + plogp_over_m(q, m) + plogp_over_m(1 - p, 1 - m) + plogp_over_m(1 - q, 1 - m))
+    return (0.5 * total).clamp(min=0.0)
 
 
 def _f64(x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +99,8 @@ def mismatch_metrics(batch: PolicyBatch) -> Dict[str, Statistic]:
     # A log-prob above 0 is invalid input; clamping keeps the probability difference finite.
     old_p = batch.old_log_probs.clamp(max=0.0).exp_()
     roll_p = batch.rollout_log_probs.clamp(max=0.0).exp_()
-    quartile = length_quartiles(counts)
+    k3 = rho_minus_1 - log_rho  # 0 off the mask
+    js = binary_js(batch.old_log_probs, batch.rollout_log_probs)
     stats = {
         "mismatch/k1": Mean(total=-_f64(seq_log_rho.sum()), count=n),
         "mismatch/k3": Mean(total=_f64(seq_k3.sum()), count=n),
@@ -80,11 +110,17 @@ def mismatch_metrics(batch: PolicyBatch) -> Dict[str, Statistic]:
         "mismatch/chi2_seq": sequence_mean(torch.expm1(2 * clamp_log_ratio(seq_log_rho)), has_tokens),
         "mismatch/ppl_ratio": sequence_mean(torch.exp(-seq_log_rho / counts.clamp(min=1.0)), has_tokens),
         "mismatch/prob_abs_diff": Mean(total=_f64(masked_total(old_p.sub_(roll_p).abs_(), mask)), count=n),
+        "mismatch/js": Mean(total=_f64(masked_total(js, mask)), count=n),
+        "mismatch/prob_diff_gt_ln2_frac": Mean(total=_f64(masked_total(log_rho.abs() > LN2, mask)), count=n),
     }
-    for q in range(4):
-        members = (quartile == q).to(log_rho.dtype)
-        stats[f"mismatch/k3_q{q + 1}"] = Mean(total=_f64((seq_k3 * members).sum()),
-                                              count=_f64((counts * members).sum()))
+    bucket = length_bucket(counts)
+    for i, name in enumerate(length_bucket_names()):
+        members = (bucket == i).to(log_rho.dtype)
+        stats[name] = Mean(total=_f64((seq_k3 * members).sum()), count=_f64((counts * members).sum()))
+    turn = batch.turns.clamp(max=TURN_BUCKETS[-1] + 1)
+    for i, name in enumerate(turn_bucket_names()):
+        members = (turn == i + 1).to(log_rho.dtype) * mask
+        stats[name] = Mean(total=_f64((k3 * members).sum()), count=_f64(members.sum()))
     return stats
 
 
