@@ -130,3 +130,11 @@ def test_luspo_equals_trl(seed, eps):
     inputs = random_inputs(batch=6, length=10, seed=seed, policy_scale=0.3)
     theirs = trl_loss("luspo", inputs, importance_sampling_level="sequence", epsilon_low=eps[0], epsilon_high=eps[1])
     assert_same(ours("luspo", inputs, clip_eps_low=eps[0], clip_eps_high=eps[1]), theirs)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("beta", [0.05, 0.7])
+def test_dro_equals_verl(seed, beta):
+    inputs = random_inputs(batch=6, length=10, seed=seed, policy_scale=0.4)
+    theirs = verl_loss("dro", inputs, dro_beta=beta)
+    assert_same(ours("dro", inputs, dro_beta=beta), theirs)
