@@ -87,6 +87,7 @@ def a3po_alpha(batch: PolicyBatch, cfg) -> torch.Tensor:
     accepts_correction=False,
     reads_rollout=True,
     ppo_clip=True,
+    bypass=True,
     source="A-3PO: arXiv 2512.06547; AReaL cbff54d compute_prox_logp_approximations (loglinear)",
     metrics=("a3po/behave_masked_frac", "a3po/alpha"),
     preset="configs/a3po.yaml",

@@ -198,7 +198,7 @@ def parse_criterion(text: str) -> Criterion:
     name = text.strip()
     rule, *bounds_text = name.split(":")
     if rule not in RULES:
-        hint = " (seq_max/segment_max take k2 or k3 only: k1 is signed)" if rule.endswith("_max_k1") else ""
+        hint = f" ({rule[:-3]} takes k2 or k3 only: k1 is signed)" if rule.endswith("_max_k1") else ""
         raise ValueError(
             f"unknown rejection criterion {rule!r} in {name!r}{hint}; use AGG_METRIC:HIGH or AGG_METRIC:LOW:HIGH "
             f"with AGG in {list(AGGREGATIONS)} and METRIC in {list(STATISTICS)}, or {', '.join(SPECIAL)}"

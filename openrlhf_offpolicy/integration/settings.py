@@ -56,6 +56,11 @@ class OffPolicySettings:
     vllm_dtype: str = "auto"
     engine_dtype: Optional[str] = None
 
+    @property
+    def needs_version_lag(self) -> bool:
+        """The loss reads each sample's policy-version lag (``--a3po_alpha versions``)."""
+        return self.loss_kwargs.get("a3po_alpha") == "versions"
+
     def loss_config(self, args):
         """Resolve (and validate) the ``PolicyLoss`` configuration for upstream ``args``."""
         from ..corrections import resolve_config
