@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 from ._torch import torch
 
-from .stats import clamp_log_ratio, segment_ids, turn_index
+from .stats import clamp_log_ratio, segment_reduce, turn_index
 
 
 @dataclass
@@ -97,14 +97,18 @@ class PolicyBatch:
     version_lag: Optional[torch.Tensor] = None  # [B] policy updates between each sample's rollout and now
 
     @cached_property
-    def segment_ids(self) -> torch.Tensor:
-        """``[B, T]`` batch-wide segment number of each action token (-1 off the action mask)."""
-        return segment_ids(self.mask if self.segment_mask is None else self.segment_mask)
+    def turns(self) -> torch.Tensor:
+        """``[B, T]`` turn (segment) of each action token within its row: 1, 2, ... (0 off the action mask)."""
+        return turn_index(self.mask if self.segment_mask is None else self.segment_mask)
 
     @cached_property
-    def turns(self) -> torch.Tensor:
-        """``[B, T]`` turn of each action token within its row: 1, 2, ... (0 off the action mask)."""
-        return turn_index(self.mask if self.segment_mask is None else self.segment_mask)
+    def single_turn(self) -> bool:
+        """No row has a second segment (then segments are rows; one synchronisation decides it)."""
+        return not self.turns.numel() or bool(self.turns.max() <= 1)
+
+    def segment_reduce(self, x: torch.Tensor, how: str) -> torch.Tensor:
+        """Each action token's segment sum / mean / max of ``x`` over the tokens of ``mask``."""
+        return segment_reduce(x, self.turns, self.mask, how, self.single_turn)
 
     @cached_property
     def rollout_on(self) -> torch.Tensor:

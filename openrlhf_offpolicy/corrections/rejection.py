@@ -56,7 +56,7 @@ from ._torch import torch
 from .batch import Correction, PolicyBatch
 from .divergences import binary_kl
 from .metrics import Mean, sequence_mean, token_mean
-from .stats import broadcast_seq, segment_reduce, segment_starts
+from .stats import broadcast_seq, segment_starts
 
 AGGREGATIONS = ("token", "seq_sum", "seq_mean", "seq_max", "segment_sum", "segment_mean", "segment_max")
 STATISTICS = ("k1", "k2", "k3")
@@ -120,7 +120,7 @@ def _aggregate(agg: str, x: torch.Tensor, batch: PolicyBatch) -> torch.Tensor:
     if agg == "token":
         return x
     if agg.startswith("segment_"):  # every token carries its segment's sum / mean / max
-        return segment_reduce(x, batch.segment_ids, batch.mask, agg[len("segment_"):])
+        return batch.segment_reduce(x, agg[len("segment_"):])
     if agg == "seq_sum":
         return x.sum(dim=-1)
     if agg == "seq_mean":

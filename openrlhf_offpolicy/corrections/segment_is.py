@@ -24,14 +24,14 @@ from ._torch import torch
 
 from .batch import Correction, PolicyBatch
 from .gates import CORRECTIONS, token_gate
-from .stats import log_in_band, segment_reduce
+from .stats import log_in_band
 
 SOURCE = "segment IS: ROLL (alibaba/ROLL 8eb27cc, roll/utils/train_infer_corrections.py)"
 
 
 def segment_log_ratio(batch: PolicyBatch) -> torch.Tensor:
     """``[B, T]``: log rho_seg of each token's segment (mean of the clamped log rho_u; 0 off the mask)."""
-    return segment_reduce(batch.log_rho, batch.segment_ids, batch.mask, "mean")
+    return batch.segment_reduce(batch.log_rho, "mean")
 
 
 @CORRECTIONS.register(

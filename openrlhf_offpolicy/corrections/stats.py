@@ -70,41 +70,43 @@ def log_in_band(log_stat: torch.Tensor, low: float, high: float) -> torch.Tensor
 def segment_starts(mask: torch.Tensor) -> torch.Tensor:
     """``[B, T]`` bool: the first token of each segment of ``mask``."""
     on = mask > 0
-    before = torch.zeros_like(on)
-    before[:, 1:] = on[:, :-1]
-    return on & ~before
+    starts = on.clone()
+    starts[:, 1:] &= ~on[:, :-1]
+    return starts
 
 
 def turn_index(mask: torch.Tensor) -> torch.Tensor:
     """``[B, T]`` long: 1 for the tokens of a row's first segment, 2 for its second, ...; 0 off the mask."""
-    return torch.cumsum(segment_starts(mask).long(), dim=-1) * (mask > 0)
+    turns = torch.cumsum(segment_starts(mask), dim=-1, dtype=torch.int64)
+    return turns.masked_fill_(mask <= 0, 0)
 
 
-def segment_ids(mask: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` long: a batch-wide segment number 0, 1, ... (row-major); -1 off the mask."""
-    ids = torch.cumsum(segment_starts(mask).reshape(-1).long(), dim=0).reshape(mask.shape) - 1
-    return torch.where(mask > 0, ids, torch.full_like(ids, -1))
-
-
-def segment_reduce(x: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor, how: str) -> torch.Tensor:
+def segment_reduce(x: torch.Tensor, turns: torch.Tensor, weight: torch.Tensor, how: str,
+                   single_turn: bool = False) -> torch.Tensor:
     """Every token's segment ``sum`` / ``mean`` / ``max`` of ``x`` over the tokens where ``weight`` is 1.
 
-    ``ids`` come from ``segment_ids``; the result is ``[B, T]`` (0 off the segments). A token with
-    ``weight`` 0 inside a segment (a non-finite input) is skipped, as in ``seq_mean``.
+    ``turns`` come from ``turn_index``; the result is ``[B, T]`` (0 off the segments). A token with
+    ``weight`` 0 inside a segment (a non-finite input) is skipped, as in ``seq_mean``. With
+    ``single_turn`` (no row has two segments) the segment is the row: plain row reductions.
     """
-    flat_ids = ids.reshape(-1).clamp(min=0)
-    size = max(ids.numel(), 1)
-    inside = (ids >= 0).reshape(-1)
-    w = (weight.reshape(-1) * inside).to(x.dtype)
+    inside = turns > 0
+    w = weight.to(x.dtype) * inside
     if how == "max":
-        low = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
-        values = torch.where(w > 0, x.reshape(-1), low)
-        per_segment = torch.full((size,), float("-inf"), dtype=x.dtype, device=x.device)
-        per_segment = per_segment.scatter_reduce(0, flat_ids, values, reduce="amax")
-        per_segment = torch.where(torch.isfinite(per_segment), per_segment, torch.zeros_like(per_segment))
-    else:
-        per_segment = torch.zeros(size, dtype=x.dtype, device=x.device).index_add_(0, flat_ids, x.reshape(-1) * w)
+        values = torch.where(w > 0, x, torch.full((), float("-inf"), dtype=x.dtype, device=x.device))
+        if single_turn:
+            per_turn = values.amax(dim=-1, keepdim=True) if x.shape[-1] else values.sum(dim=-1, keepdim=True)
+        else:
+            per_turn = torch.full((x.shape[0], x.shape[-1] + 1), float("-inf"), dtype=x.dtype, device=x.device)
+            per_turn = per_turn.scatter_reduce(1, turns, values, reduce="amax")
+        per_turn = torch.where(torch.isfinite(per_turn), per_turn, torch.zeros_like(per_turn))
+    elif single_turn:
+        per_turn = (x * w).sum(dim=-1, keepdim=True)
         if how == "mean":
-            counts = torch.zeros(size, dtype=x.dtype, device=x.device).index_add_(0, flat_ids, w)
-            per_segment = per_segment / counts.clamp(min=1.0)
-    return torch.where(ids >= 0, per_segment[flat_ids].reshape(ids.shape), torch.zeros_like(x))
+            per_turn = per_turn / w.sum(dim=-1, keepdim=True).clamp(min=1.0)
+    else:
+        buffer = torch.zeros((x.shape[0], x.shape[-1] + 1), dtype=x.dtype, device=x.device)
+        per_turn = buffer.scatter_add(1, turns, x * w)
+        if how == "mean":
+            per_turn = per_turn / buffer.scatter_add(1, turns, w).clamp(min=1.0)
+    value = per_turn.expand_as(x) if single_turn else per_turn.gather(1, turns)
+    return torch.where(inside, value, torch.zeros_like(x))

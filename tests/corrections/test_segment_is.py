@@ -13,7 +13,7 @@ from reference import correction_coefficients, segments
 from openrlhf_offpolicy.corrections import CORRECTIONS
 from openrlhf_offpolicy.corrections.batch import make_policy_batch
 from openrlhf_offpolicy.corrections.rejection import apply_rejection, parse_criterion, parse_rejection
-from openrlhf_offpolicy.corrections.stats import segment_ids, turn_index
+from openrlhf_offpolicy.corrections.stats import segment_reduce, segment_starts, turn_index
 from openrlhf_offpolicy.models import PolicyLoss
 
 
@@ -29,8 +29,23 @@ def multi_turn_inputs(seed, batch=8, length=16, **kw):
 
 def test_segments_are_the_maximal_runs_of_action_tokens():
     mask = torch.tensor([[1, 1, 0, 1, 0, 0, 1, 1], [0, 1, 1, 1, 0, 1, 0, 0]], dtype=torch.float64)
-    assert segment_ids(mask).tolist() == [[0, 0, -1, 1, -1, -1, 2, 2], [-1, 3, 3, 3, -1, 4, -1, -1]]
-    assert turn_index(mask).tolist() == [[1, 1, 0, 2, 0, 0, 3, 3], [0, 1, 1, 1, 0, 2, 0, 0]]
+    assert segment_starts(mask).tolist() == [[1, 0, 0, 1, 0, 0, 1, 0], [0, 1, 0, 0, 0, 1, 0, 0]]
+    turns = turn_index(mask)
+    assert turns.tolist() == [[1, 1, 0, 2, 0, 0, 3, 3], [0, 1, 1, 1, 0, 2, 0, 0]]
+    x = torch.arange(16, dtype=torch.float64).reshape(2, 8)
+    assert segment_reduce(x, turns, mask, "sum").tolist() == [[1, 1, 0, 3, 0, 0, 13, 13], [0, 30, 30, 30, 0, 13, 0, 0]]
+    assert segment_reduce(x, turns, mask, "max").tolist() == [[1, 1, 0, 3, 0, 0, 7, 7], [0, 11, 11, 11, 0, 13, 0, 0]]
+    assert segment_reduce(x, turns, mask, "mean").tolist() == [[.5, .5, 0, 3, 0, 0, 6.5, 6.5], [0, 10, 10, 10, 0, 13, 0, 0]]
+
+
+@pytest.mark.parametrize("how", ["sum", "mean", "max"])
+def test_the_single_turn_fast_path_equals_the_general_one(how):
+    inputs = random_inputs(batch=6, length=10, seed=4)
+    mask, x = inputs["action_mask"], inputs["old_log_probs"]
+    turns = turn_index(mask)
+    assert turns.max() == 1
+    assert torch.allclose(segment_reduce(x, turns, mask, how, single_turn=True), segment_reduce(x, turns, mask, how),
+                          rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(3))
