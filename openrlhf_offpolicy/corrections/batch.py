@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 from ._torch import torch
 
-from .stats import clamp_log_ratio, segment_reduce, turn_index
+from .stats import clamp_log_ratio, segment_reduce, segment_starts, turn_index
 
 
 @dataclass
@@ -96,19 +96,25 @@ class PolicyBatch:
     segment_mask: Optional[torch.Tensor] = None
     version_lag: Optional[torch.Tensor] = None  # [B] policy updates between each sample's rollout and now
 
+    @property
+    def segments_of(self) -> torch.Tensor:
+        """The mask whose maximal runs are the segments (turns)."""
+        return self.mask if self.segment_mask is None else self.segment_mask
+
     @cached_property
     def turns(self) -> torch.Tensor:
         """``[B, T]`` turn (segment) of each action token within its row: 1, 2, ... (0 off the action mask)."""
-        return turn_index(self.mask if self.segment_mask is None else self.segment_mask)
+        return turn_index(self.segments_of)
 
     @cached_property
     def single_turn(self) -> bool:
         """No row has a second segment (then segments are rows; one synchronisation decides it)."""
-        return not self.turns.numel() or bool(self.turns.max() <= 1)
+        starts = segment_starts(self.segments_of)
+        return not starts.numel() or bool(starts.sum(dim=-1).max() <= 1)
 
     def segment_reduce(self, x: torch.Tensor, how: str) -> torch.Tensor:
         """Each action token's segment sum / mean / max of ``x`` over the tokens of ``mask``."""
-        return segment_reduce(x, self.turns, self.mask, how, self.single_turn)
+        return segment_reduce(x, self.segments_of, self.mask, how, None if self.single_turn else self.turns)
 
     @cached_property
     def rollout_on(self) -> torch.Tensor:

@@ -41,6 +41,7 @@ from ._torch import torch
 
 from .batch import Correction, PolicyBatch, Surrogate
 from .metrics import Mean, Statistic, effective_sample_size, masked_total, maximum, sequence_mean, token_mean
+from .divergences import BINARY_PROB_EPS
 from .stats import clamp_log_ratio
 
 
@@ -63,17 +64,25 @@ def length_bucket(token_counts: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(token_counts, edges, right=False)
 
 
-def binary_js(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence of Bernoulli(p) and Bernoulli(q), p = exp(log_p): >= 0, <= ln 2."""
-    p, q = log_p.clamp(max=0.0).exp(), log_q.clamp(max=0.0).exp()
-    m = 0.5 * (p + q)
+def binary_js(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence of Bernoulli(p) and Bernoulli(q), in [0, ln 2] (overwrites p and q).
 
-    def plogp_over_m(x, mx):  # x log(x / m), 0 where x is 0
-        return torch.where(x > 0, x * (torch.log(x.clamp(min=1e-300)) - torch.log(mx.clamp(min=1e-300))),
-                           torch.zeros_like(x))
-
-    total = (plogp_over_m(p, m) + plogp_over_m(q, m) + plogp_over_m(1 - p, 1 - m) + plogp_over_m(1 - q, 1 - m))
-    return (0.5 * total).clamp(min=0.0)
+    p and q are clamped to [1e-6, 1 - 1e-6] (as the binary KL / TV are). With m = (p + q)/2 and
+    d = (p - q)/2, each log-ratio is a ``log1p`` of ``+-d/m`` or ``+-d/(1 - m)``, both in (-1, 1): no
+    log is infinite and nothing cancels when p is close to q (JS ~ d^2 / (2 m (1 - m))).
+    """
+    # In place where possible: a diagnostic over every action token, read after every micro-batch.
+    p = p.clamp_(BINARY_PROB_EPS, 1 - BINARY_PROB_EPS)
+    q = q.clamp_(BINARY_PROB_EPS, 1 - BINARY_PROB_EPS)
+    d = torch.sub(p, q).mul_(0.5)
+    m = torch.add(p, q).mul_(0.5)
+    a = torch.div(d, m)
+    js = torch.log1p(a).mul_(p)  # p log(p/m)
+    js.add_(torch.log1p(a.neg_()).mul_(q))  # q log(q/m)
+    c = d.div_(m.neg_().add_(1))  # d / (1 - m)
+    js.add_(torch.log1p(c).mul_(q.neg_().add_(1)))  # (1 - q) log((1 - q)/(1 - m))
+    js.add_(torch.log1p(c.neg_()).mul_(p.neg_().add_(1)))  # (1 - p) log((1 - p)/(1 - m))
+    return js.mul_(0.5).clamp_(min=0.0)
 
 
 def _f64(x: torch.Tensor) -> torch.Tensor:
@@ -99,8 +108,8 @@ def mismatch_metrics(batch: PolicyBatch) -> Dict[str, Statistic]:
     # A log-prob above 0 is invalid input; clamping keeps the probability difference finite.
     old_p = batch.old_log_probs.clamp(max=0.0).exp_()
     roll_p = batch.rollout_log_probs.clamp(max=0.0).exp_()
-    k3 = rho_minus_1 - log_rho  # 0 off the mask
-    js = binary_js(batch.old_log_probs, batch.rollout_log_probs)
+    prob_abs_diff = masked_total(torch.sub(old_p, roll_p).abs_(), mask)
+    js = masked_total(binary_js(old_p, roll_p), mask)  # overwrites old_p and roll_p
     stats = {
         "mismatch/k1": Mean(total=-_f64(seq_log_rho.sum()), count=n),
         "mismatch/k3": Mean(total=_f64(seq_k3.sum()), count=n),
@@ -109,19 +118,36 @@ def mismatch_metrics(batch: PolicyBatch) -> Dict[str, Statistic]:
         "mismatch/chi2_token": Mean(total=_f64(sum_sq + 2 * rho_minus_1.sum()), count=n),
         "mismatch/chi2_seq": sequence_mean(torch.expm1(2 * clamp_log_ratio(seq_log_rho)), has_tokens),
         "mismatch/ppl_ratio": sequence_mean(torch.exp(-seq_log_rho / counts.clamp(min=1.0)), has_tokens),
-        "mismatch/prob_abs_diff": Mean(total=_f64(masked_total(old_p.sub_(roll_p).abs_(), mask)), count=n),
-        "mismatch/js": Mean(total=_f64(masked_total(js, mask)), count=n),
-        "mismatch/prob_diff_gt_ln2_frac": Mean(total=_f64(masked_total(log_rho.abs() > LN2, mask)), count=n),
+        "mismatch/prob_abs_diff": Mean(total=_f64(prob_abs_diff), count=n),
+        "mismatch/js": Mean(total=_f64(js), count=n),
+        # log_rho is 0 off the mask, and 0 is within ln 2: a plain count is the masked count
+        "mismatch/prob_diff_gt_ln2_frac": Mean(total=_f64(torch.count_nonzero(log_rho.abs() > LN2)), count=n),
     }
     bucket = length_bucket(counts)
     for i, name in enumerate(length_bucket_names()):
         members = (bucket == i).to(log_rho.dtype)
         stats[name] = Mean(total=_f64((seq_k3 * members).sum()), count=_f64((counts * members).sum()))
-    turn = batch.turns.clamp(max=TURN_BUCKETS[-1] + 1)
-    for i, name in enumerate(turn_bucket_names()):
-        members = (turn == i + 1).to(log_rho.dtype) * mask
-        stats[name] = Mean(total=_f64((k3 * members).sum()), count=_f64(members.sum()))
+    stats.update(turn_statistics(batch, rho_minus_1, seq_k3, n))
     return stats
+
+
+def turn_statistics(batch: PolicyBatch, rho_minus_1: torch.Tensor, seq_k3: torch.Tensor, n) -> Dict[str, Statistic]:
+    """k3 by turn: turn 1, turn 2, turns 3+ (single-turn rows: everything is turn 1, nothing else)."""
+    names = turn_bucket_names()
+    zero = torch.zeros((), dtype=torch.float64)
+    total = _f64(seq_k3.sum())
+    if batch.single_turn:
+        return {names[0]: Mean(total=total, count=n), **{name: Mean(total=zero, count=zero) for name in names[1:]}}
+    k3 = rho_minus_1 - batch.log_rho  # 0 off the mask
+    mask, turns = batch.rollout_on, batch.turns
+    out, rest_total, rest_count = {}, total, n
+    for i, name in enumerate(names[:-1]):
+        members = (turns == i + 1).to(mask.dtype) * mask
+        part_total, part_count = _f64(masked_total(k3, members)), _f64(members.sum())
+        out[name] = Mean(total=part_total, count=part_count)
+        rest_total, rest_count = rest_total - part_total, rest_count - part_count
+    out[names[-1]] = Mean(total=rest_total, count=rest_count)
+    return out
 
 
 def correction_metrics(correction: Correction, batch: PolicyBatch) -> Dict[str, Statistic]:

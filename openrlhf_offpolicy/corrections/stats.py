@@ -81,25 +81,26 @@ def turn_index(mask: torch.Tensor) -> torch.Tensor:
     return turns.masked_fill_(mask <= 0, 0)
 
 
-def segment_reduce(x: torch.Tensor, turns: torch.Tensor, weight: torch.Tensor, how: str,
-                   single_turn: bool = False) -> torch.Tensor:
+def segment_reduce(x: torch.Tensor, segment_mask: torch.Tensor, weight: torch.Tensor, how: str,
+                   turns=None) -> torch.Tensor:
     """Every token's segment ``sum`` / ``mean`` / ``max`` of ``x`` over the tokens where ``weight`` is 1.
 
-    ``turns`` come from ``turn_index``; the result is ``[B, T]`` (0 off the segments). A token with
-    ``weight`` 0 inside a segment (a non-finite input) is skipped, as in ``seq_mean``. With
-    ``single_turn`` (no row has two segments) the segment is the row: plain row reductions.
+    Segments are those of ``segment_mask``; ``turns`` (from ``turn_index``) numbers them within each
+    row, None when no row has two (then each row is one segment: plain row reductions, no scatter).
+    The result is ``[B, T]`` (0 off the segments). A token with ``weight`` 0 inside a segment (a
+    non-finite input) is skipped, as in ``seq_mean``.
     """
-    inside = turns > 0
+    inside = segment_mask > 0
     w = weight.to(x.dtype) * inside
     if how == "max":
         values = torch.where(w > 0, x, torch.full((), float("-inf"), dtype=x.dtype, device=x.device))
-        if single_turn:
+        if turns is None:
             per_turn = values.amax(dim=-1, keepdim=True) if x.shape[-1] else values.sum(dim=-1, keepdim=True)
         else:
             per_turn = torch.full((x.shape[0], x.shape[-1] + 1), float("-inf"), dtype=x.dtype, device=x.device)
             per_turn = per_turn.scatter_reduce(1, turns, values, reduce="amax")
         per_turn = torch.where(torch.isfinite(per_turn), per_turn, torch.zeros_like(per_turn))
-    elif single_turn:
+    elif turns is None:
         per_turn = (x * w).sum(dim=-1, keepdim=True)
         if how == "mean":
             per_turn = per_turn / w.sum(dim=-1, keepdim=True).clamp(min=1.0)
@@ -108,5 +109,5 @@ def segment_reduce(x: torch.Tensor, turns: torch.Tensor, weight: torch.Tensor, h
         per_turn = buffer.scatter_add(1, turns, x * w)
         if how == "mean":
             per_turn = per_turn / buffer.scatter_add(1, turns, w).clamp(min=1.0)
-    value = per_turn.expand_as(x) if single_turn else per_turn.gather(1, turns)
+    value = per_turn.expand_as(x) if turns is None else per_turn.gather(1, turns)
     return torch.where(inside, value, torch.zeros_like(x))

@@ -33,9 +33,10 @@ def test_segments_are_the_maximal_runs_of_action_tokens():
     turns = turn_index(mask)
     assert turns.tolist() == [[1, 1, 0, 2, 0, 0, 3, 3], [0, 1, 1, 1, 0, 2, 0, 0]]
     x = torch.arange(16, dtype=torch.float64).reshape(2, 8)
-    assert segment_reduce(x, turns, mask, "sum").tolist() == [[1, 1, 0, 3, 0, 0, 13, 13], [0, 30, 30, 30, 0, 13, 0, 0]]
-    assert segment_reduce(x, turns, mask, "max").tolist() == [[1, 1, 0, 3, 0, 0, 7, 7], [0, 11, 11, 11, 0, 13, 0, 0]]
-    assert segment_reduce(x, turns, mask, "mean").tolist() == [[.5, .5, 0, 3, 0, 0, 6.5, 6.5], [0, 10, 10, 10, 0, 13, 0, 0]]
+    reduce = lambda how: segment_reduce(x, mask, mask, how, turns).tolist()  # noqa: E731
+    assert reduce("sum") == [[1, 1, 0, 3, 0, 0, 13, 13], [0, 30, 30, 30, 0, 13, 0, 0]]
+    assert reduce("max") == [[1, 1, 0, 3, 0, 0, 7, 7], [0, 11, 11, 11, 0, 13, 0, 0]]
+    assert reduce("mean") == [[.5, .5, 0, 3, 0, 0, 6.5, 6.5], [0, 10, 10, 10, 0, 13, 0, 0]]
 
 
 @pytest.mark.parametrize("how", ["sum", "mean", "max"])
@@ -44,7 +45,7 @@ def test_the_single_turn_fast_path_equals_the_general_one(how):
     mask, x = inputs["action_mask"], inputs["old_log_probs"]
     turns = turn_index(mask)
     assert turns.max() == 1
-    assert torch.allclose(segment_reduce(x, turns, mask, how, single_turn=True), segment_reduce(x, turns, mask, how),
+    assert torch.allclose(segment_reduce(x, mask, mask, how), segment_reduce(x, mask, mask, how, turns),
                           rtol=1e-12, atol=1e-12)
 
 
