@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 from ._torch import torch
 
-from .stats import clamp_log_ratio, segment_reduce, segment_starts, turn_index
+from .stats import clamp_log_ratio, masked_sum, segment_reduce, segment_starts, turn_index
 
 
 @dataclass
@@ -113,8 +113,18 @@ class PolicyBatch:
         return not starts.numel() or bool(starts.sum(dim=-1).max() <= 1)
 
     def segment_reduce(self, x: torch.Tensor, how: str) -> torch.Tensor:
-        """Each action token's segment sum / mean / max of ``x`` over the tokens of ``mask``."""
-        return segment_reduce(x, self.segments_of, self.mask, how, None if self.single_turn else self.turns)
+        """Each action token's segment sum / mean / max of ``x`` over the tokens of ``mask``: ``[B, T]``, or
+        ``[B, 1]`` (to broadcast over the row) when every row is one segment; read it on the mask only."""
+        if not self.single_turn:
+            return segment_reduce(x, self.segments_of, self.mask, how, self.turns)
+        if how == "max":
+            if not x.shape[-1]:
+                return x.sum(dim=-1, keepdim=True)
+            low = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
+            top = torch.where(self.on, x, low).amax(dim=-1, keepdim=True)
+            return torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        total = masked_sum(x, self.mask, dim=-1).unsqueeze(-1)
+        return total / self.token_counts.unsqueeze(-1).clamp(min=1.0) if how == "mean" else total
 
     @cached_property
     def rollout_on(self) -> torch.Tensor:

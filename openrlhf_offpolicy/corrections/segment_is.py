@@ -30,7 +30,8 @@ SOURCE = "segment IS: ROLL (alibaba/ROLL 8eb27cc, roll/utils/train_infer_correct
 
 
 def segment_log_ratio(batch: PolicyBatch) -> torch.Tensor:
-    """``[B, T]``: log rho_seg of each token's segment (mean of the clamped log rho_u; 0 off the mask)."""
+    """log rho_seg of each token's segment (mean of the clamped log rho_u): ``[B, T]``, or ``[B, 1]`` when
+    every row is one segment (``PolicyBatch.segment_reduce``); the callers mask it."""
     return batch.segment_reduce(batch.log_rho, "mean")
 
 
@@ -47,7 +48,7 @@ def segment_truncated_is(batch: PolicyBatch, cfg) -> Correction:
     low, high = cfg.threshold
     log_seg = segment_log_ratio(batch)
     clamped = ~log_in_band(log_seg, low, high) & batch.on
-    nothing = torch.zeros_like(clamped)
+    nothing = torch.zeros_like(batch.on)
     # |log_seg| <= 20 (a mean of clamped values), so the exp stays finite in float32.
     return Correction(coef=log_seg.exp().clamp(min=low, max=high) * batch.mask, rejected=nothing, filtered=clamped)
 
