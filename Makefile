@@ -47,6 +47,8 @@ lab-async: $(VENV)/.lab
 PEERS_DIR := bench_results/peers
 $(PEERS_DIR)/.installed: $(VENV)/.test
 	$(PIP) install -q --no-deps --target $(PEERS_DIR) verl==0.9.1 trl==1.16.0
+	# SkyRL and AReaL: test_peers reads single functions from their sources (SkyRL 0.4.0 declares Python >= 3.12).
+	$(PIP) install -q --no-deps --ignore-requires-python --target $(PEERS_DIR) skyrl==0.4.0 areal==1.0.4
 	touch $@
 
 bench: $(VENV)/.test $(PEERS_DIR)/.installed

@@ -79,6 +79,16 @@ METHODS = {
     "tis + rejection seq_max_k2, token_k1": dict(vllm_is_correction_type="tis",
                                                 rejection=("seq_max_k2:0.05", "token_k1:0.5")),
     "tis + is_batch_normalize": dict(vllm_is_correction_type="tis", is_batch_normalize=True),
+    "segment-tis": dict(vllm_is_correction_type="segment-tis", vllm_is_truncated_threshold=(0.0, 2.0)),
+    "segment-mis": dict(vllm_is_correction_type="segment-mis", vllm_is_truncated_threshold=(0.999, 1.001)),
+    "tis + rejection segment_max_k2": dict(vllm_is_correction_type="tis", rejection=("segment_max_k2:0.05",)),
+    "tis + rejection m2po": dict(vllm_is_correction_type="tis", rejection=("m2po:0.04",)),
+    "glm5_is": dict(policy_loss_type="glm5_is"),
+    "prime_dppo": dict(policy_loss_type="prime_dppo"),
+    "ipo": dict(policy_loss_type="ipo"),
+    "dro + tis": dict(policy_loss_type="dro", vllm_is_correction_type="tis"),
+    "topr + tis": dict(policy_loss_type="topr", vllm_is_correction_type="tis"),
+    "a3po": dict(policy_loss_type="a3po"),
 }
 
 # (label, our PolicyLoss kwargs, peer, peer factory arguments): matching settings, checked equal below.
@@ -92,6 +102,7 @@ PEER_PAIRS = [
     ("gspo", dict(policy_loss_type="gspo"), "trl", ("grpo", dict(importance_sampling_level="sequence"))),
     ("sapo", dict(policy_loss_type="sapo", token_level_loss=False), "trl", ("sapo", {})),
     ("cispo", dict(policy_loss_type="cispo"), "trl", ("cispo", dict(epsilon_high=5.0))),
+    ("dro", dict(policy_loss_type="dro"), "verl", ("dro", "token-mean", dict(policy_loss=types.SimpleNamespace(dro_beta=0.05)))),
 ]
 
 

@@ -132,6 +132,32 @@ def _seq_divergence_gate(fn):
     return gate
 
 
+def segments(toks):
+    """The maximal runs of consecutive positions in ``toks`` (a row's turns)."""
+    out = []
+    for t in toks:
+        if out and out[-1][-1] == t - 1:
+            out[-1].append(t)
+        else:
+            out.append([t])
+    return out
+
+
+def _segment_log_ratio(row, t):
+    """mean of log rho_u over the segment holding t."""
+    seg = next(s for s in segments(row.toks) if t in s)
+    return sum(row.log_rho[u] for u in seg) / len(seg)
+
+
+def _segment_tis(row, t, low, high, **_):
+    return min(max(math.exp(_segment_log_ratio(row, t)), low), high)
+
+
+def _segment_mis(row, t, low, high, **_):
+    rho_seg = math.exp(_segment_log_ratio(row, t))
+    return rho_seg if _between(rho_seg, low, high) else 0.0
+
+
 # c_t of every registered correction on a kept token t of ``row`` (0 where rejected), by name.
 CORRECTIONS = {
     "none": lambda row, t, low, high, **_: 1.0,
@@ -147,6 +173,8 @@ CORRECTIONS = {
     "binary-kl-mask": _token_divergence_gate(binary_kl),
     "seq-tv-mask": _seq_divergence_gate(binary_tv),
     "seq-binary-kl-mask": _seq_divergence_gate(binary_kl),
+    "segment-tis": _segment_tis,
+    "segment-mis": _segment_mis,
 }
 CORRECTIONS["prefix-mask"] = CORRECTIONS["reinforce_pro"]
 
@@ -375,6 +403,80 @@ def _kl_cov(batch, kl_cov_coef=1.0, **params):
     return out
 
 
+def _mu(batch, b, t):
+    return (batch.roll or batch.old)[b][t]
+
+
+def _glm5_is_weight(batch, b, t, glm5_is_clip_range=(0.8, 1.2), **_):
+    lo, hi = glm5_is_clip_range
+    r = _exp(batch.lp[b][t] - _mu(batch, b, t))
+    return r if lo < r < hi else 0.0
+
+
+def _glm5_is(batch, b, t, **params):
+    return -_glm5_is_weight(batch, b, t, **params) * batch.adv[b][t] * batch.lp[b][t]
+
+
+def _prime_masked(batch, b, t, loss_type, params):
+    diff = math.exp(batch.lp[b][t]) - math.exp(_mu(batch, b, t))
+    if loss_type == "ipo":
+        return abs(diff) > params.get("ipo_delta", 0.1)
+    low, high = params.get("prime_dppo_delta", (0.2, 0.2))
+    return diff > high if batch.adv[b][t] > 0 else diff < -low
+
+
+def _prime_tau(loss_type, params):
+    return params.get("ipo_tau" if loss_type == "ipo" else "prime_dppo_tau", 1e-3)
+
+
+def _prime(loss_type):
+    def loss(batch, b, t, **params):
+        d = batch.lp[b][t] - _mu(batch, b, t)
+        keep = 0.0 if _prime_masked(batch, b, t, loss_type, params) else 1.0
+        return -keep * batch.adv[b][t] * _exp(d) + _prime_tau(loss_type, params) * d * d
+    return loss
+
+
+def _prime_gradient(loss_type):
+    def gradient(batch, b, t, **params):
+        d = batch.lp[b][t] - _mu(batch, b, t)
+        keep = 0.0 if _prime_masked(batch, b, t, loss_type, params) else 1.0
+        return -keep * batch.adv[b][t] * _exp(d) + 2 * _prime_tau(loss_type, params) * d
+    return gradient
+
+
+def _dro(batch, b, t, dro_beta=0.05, **_):
+    d = batch.lp[b][t] - batch.old[b][t]
+    return -(batch.adv[b][t] * batch.lp[b][t] - dro_beta / 2 * d * d)
+
+
+def _topr_weight(batch, b, t):
+    return 1.0 if batch.adv[b][t] >= 0 else min(batch.r(b, t), 1.0)
+
+
+def _topr(batch, b, t, **_):
+    return -_topr_weight(batch, b, t) * batch.adv[b][t] * batch.lp[b][t]
+
+
+def _a3po_parts(batch, b, t, a3po_alpha=0.5, a3po_behave_cap=5.0, **_):
+    """(r_t, w_t, kept): r = pi_theta/pi_prox, w = pi_prox/pi_roll, kept = w <= cap."""
+    mu, lp = _mu(batch, b, t), batch.lp[b][t]
+    log_prox = mu + a3po_alpha * (lp - mu)
+    w = _exp(log_prox - mu)
+    return _exp(lp - log_prox), w, w <= a3po_behave_cap
+
+
+def _a3po(batch, b, t, **params):
+    r, w, kept = _a3po_parts(batch, b, t, **params)
+    return _ppo_token(r, batch.adv[b][t], batch.eps_low, batch.eps_high, batch.dual_clip) * w if kept else 0.0
+
+
+def _a3po_gradient(batch, b, t, **params):
+    r, w, kept = _a3po_parts(batch, b, t, **params)
+    a = batch.adv[b][t]
+    return -a * r * w if kept and _ppo_unclipped(r, a, batch.eps_low, batch.eps_high) else 0.0
+
+
 def _expert_iteration(batch, b, t, **_):
     return -batch.lp[b][t] if batch.adv[b][t] > 0 else 0.0
 
@@ -395,6 +497,12 @@ LOSSES = {
     "clip_cov": _clip_cov,
     "kl_cov": _kl_cov,
     "expert_iteration": _per_token(_expert_iteration),
+    "glm5_is": _per_token(_glm5_is),
+    "prime_dppo": _per_token(_prime("prime_dppo")),
+    "ipo": _per_token(_prime("ipo")),
+    "dro": _per_token(_dro),
+    "topr": _per_token(_topr),
+    "a3po": _per_token(_a3po),
 }
 
 
@@ -512,6 +620,13 @@ GRADIENTS = {
     "clip_cov": _clip_cov_gradient,
     "kl_cov": _kl_cov_gradient,
     "expert_iteration": _token_mean_gradient(lambda batch, b, t, **p: -1.0 if batch.adv[b][t] > 0 else 0.0),
+    "glm5_is": _token_mean_gradient(lambda batch, b, t, **p: _weighted(batch, b, t, "glm5_is", **p)),
+    "prime_dppo": _token_mean_gradient(_prime_gradient("prime_dppo")),
+    "ipo": _token_mean_gradient(_prime_gradient("ipo")),
+    "dro": _token_mean_gradient(lambda batch, b, t, dro_beta=0.05, **p:
+                                -batch.adv[b][t] + dro_beta * (batch.lp[b][t] - batch.old[b][t])),
+    "topr": _token_mean_gradient(lambda batch, b, t, **p: _weighted(batch, b, t, "topr", **p)),
+    "a3po": _token_mean_gradient(_a3po_gradient),
 }
 
 
@@ -589,6 +704,12 @@ def gradient_weights(loss_type: str, lp, old, adv, mask, roll=None, **params) ->
                 w = min(max(r, lo), hi)
             elif loss_type == "dppo":
                 w = dppo_weight(lp[b][t], (roll or old)[b][t], a, **params)
+            elif loss_type == "glm5_is":
+                lo, hi = params.get("glm5_is_clip_range", (0.8, 1.2))
+                r_mu = _exp(lp[b][t] - (roll or old)[b][t])
+                w = r_mu if lo < r_mu < hi else 0.0
+            elif loss_type == "topr":
+                w = 1.0 if a >= 0 else min(r, 1.0)
             elif loss_type == "is_reshape":
                 g = is_reshape_gamma(a, _clamp(lp[b][t] - old[b][t]), **params)
                 k = kernel_value(r - 1, params.get("is_reshape_kernel", "sech2"), params.get("is_reshape_width", 1.0))

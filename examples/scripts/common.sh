@@ -33,7 +33,7 @@ BASE_ARGS=(
   --reward.remote_url examples/scripts/reward_math.py
   --data.prompt_dataset "$DATASET" --data.input_key "$INPUT_KEY" --data.label_key "$LABEL_KEY"
   --data.apply_chat_template --data.max_len 4096 --rollout.max_new_tokens 3072
-  --algo.advantage.estimator group_norm --rollout.n_samples_per_prompt 8
+  --rollout.n_samples_per_prompt 8
   --rollout.batch_size 128 --rollout.micro_batch_size 16
   --train.batch_size 256 --train.micro_batch_size 4 --train.max_epochs 1 --train.num_episodes 10
   --rollout.temperature 1.0 --actor.adam.lr 1e-6 --algo.kl.init_coef 0
@@ -43,9 +43,17 @@ if [[ -n "${WANDB_API_KEY:-}" ]]; then
   BASE_ARGS+=(--logger.wandb.key "$WANDB_API_KEY")
 fi
 
-# launch FLAG...: run train_ppo_ray with the base flags followed by FLAG...
+# launch FLAG...: run train_ppo_ray with the base flags followed by FLAG...; the advantages are
+# group-normalised unless the --config preset picks its own estimator (command-line flags would win over it).
 launch() {
-  local cmd=("${PYTHON:-python3}" -m openrlhf_offpolicy.cli.train_ppo_ray "${BASE_ARGS[@]}" "$@")
+  local estimator=(--algo.advantage.estimator group_norm) previous=""
+  for arg in "$@"; do
+    if [[ "$previous" == --config ]] && grep -q '^algo\.advantage\.estimator:' "$REPO_DIR/$arg" 2>/dev/null; then
+      estimator=()
+    fi
+    previous="$arg"
+  done
+  local cmd=("${PYTHON:-python3}" -m openrlhf_offpolicy.cli.train_ppo_ray "${BASE_ARGS[@]}" "${estimator[@]}" "$@")
   if [[ "${PRINT_ARGV:-0}" == 1 ]]; then
     printf '%s\n' "${cmd[@]:3}"
   elif [[ "${DRY_RUN:-0}" == 1 ]]; then

@@ -185,15 +185,18 @@ def settings_from(ns: argparse.Namespace) -> OffPolicySettings:
         if hasattr(ns, name):
             value = getattr(ns, name)
             loss_kwargs[name] = list(value) if isinstance(value, (list, tuple)) else value
+    # A loss that reads no pi_old (a3po) runs in bypass mode: no old-log-prob forward.
+    bypass = ns.bypass_old_logprobs or (ns.policy_loss_type is not None
+                                        and POLICY_LOSSES.get(ns.policy_loss_type).bypass)
     return OffPolicySettings(
         loss_kwargs=loss_kwargs,
         policy_loss_type=ns.policy_loss_type,
-        request_rollout_logprobs=not ns.no_mismatch_metrics or ns.bypass_old_logprobs,
+        request_rollout_logprobs=not ns.no_mismatch_metrics or bypass,
         logprobs_topk=ns.vllm_logprobs_topk,
         match_rollout_sampling=ns.match_rollout_sampling,
         routing_replay=ns.routing_replay,
         max_staleness=ns.max_staleness,
-        bypass_old_logprobs=ns.bypass_old_logprobs,
+        bypass_old_logprobs=bypass,
         vllm_dtype=ns.vllm_dtype,
     )
 

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 from ._torch import torch
 
-from .stats import clamp_log_ratio
+from .stats import clamp_log_ratio, masked_sum, segment_reduce, segment_starts, turn_index
 
 
 @dataclass
@@ -82,6 +82,10 @@ class PolicyBatch:
     mask:               float 0/1, action tokens whose inputs (read by the loss) are all finite
     rollout_mask:       float 0/1, the tokens of ``mask`` with a finite pi_roll; differs from ``mask``
                         only when the loss does not read pi_roll (diagnostics only)
+    version_lag:        ``[B]`` policy-version lag v_theta - v_behave of each sample (async runs; a3po)
+    segment_mask:       the action mask as given, which defines the segments (turns); None: ``mask``.
+                        It differs from ``mask`` only where a non-finite token was dropped, which
+                        must not split its turn in two
     """
 
     log_probs: torch.Tensor
@@ -91,6 +95,38 @@ class PolicyBatch:
     rollout_log_probs: Optional[torch.Tensor] = None
     topk: Optional[TopK] = None
     rollout_mask: Optional[torch.Tensor] = None
+    segment_mask: Optional[torch.Tensor] = None
+    version_lag: Optional[torch.Tensor] = None  # [B] policy updates between each sample's rollout and now
+
+    @property
+    def segments_of(self) -> torch.Tensor:
+        """The mask whose maximal runs are the segments (turns)."""
+        return self.mask if self.segment_mask is None else self.segment_mask
+
+    @cached_property
+    def turns(self) -> torch.Tensor:
+        """``[B, T]`` turn (segment) of each action token within its row: 1, 2, ... (0 off the action mask)."""
+        return turn_index(self.segments_of)
+
+    @cached_property
+    def single_turn(self) -> bool:
+        """No row has a second segment (then segments are rows; one synchronisation decides it)."""
+        starts = segment_starts(self.segments_of)
+        return not starts.numel() or bool(starts.sum(dim=-1).max() <= 1)
+
+    def segment_reduce(self, x: torch.Tensor, how: str) -> torch.Tensor:
+        """Each action token's segment sum / mean / max of ``x`` over the tokens of ``mask``: ``[B, T]``, or
+        ``[B, 1]`` (to broadcast over the row) when every row is one segment; read it on the mask only."""
+        if not self.single_turn:
+            return segment_reduce(x, self.segments_of, self.mask, how, self.turns)
+        if how == "max":
+            if not x.shape[-1]:
+                return x.sum(dim=-1, keepdim=True)
+            low = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
+            top = torch.where(self.on, x, low).amax(dim=-1, keepdim=True)
+            return torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        total = masked_sum(x, self.mask, dim=-1).unsqueeze(-1)
+        return total / self.token_counts.unsqueeze(-1).clamp(min=1.0) if how == "mean" else total
 
     @cached_property
     def rollout_on(self) -> torch.Tensor:
@@ -278,6 +314,7 @@ def make_policy_batch(
             log_probs=torch.where(valid, log_probs, zero),
             mask=valid.to(dtype),
             topk=topk,
+            segment_mask=mask,
             **{k: torch.where(valid, v, zero) for k, v in inputs.items()},
         )
         nonfinite = int((~finite & (mask > 0)).sum())

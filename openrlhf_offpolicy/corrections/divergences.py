@@ -86,4 +86,6 @@ def binary_tv(log_mu: torch.Tensor, log_pi: torch.Tensor, topk=None) -> torch.Te
 def binary_kl(log_mu: torch.Tensor, log_pi: torch.Tensor, topk=None) -> torch.Tensor:
     lp, lq = _binary_log_probs(log_mu, log_pi)
     p, q = lp.exp(), lq.exp()
-    return p * (lp - lq) + (1 - p) * (torch.log1p(-p) - torch.log1p(-q))
+    # A KL is >= 0, but float rounding makes it slightly negative near p = q: clamp before any
+    # threshold or metric reads it (OpenRLHF #1354).
+    return (p * (lp - lq) + (1 - p) * (torch.log1p(-p) - torch.log1p(-q))).clamp(min=0.0)

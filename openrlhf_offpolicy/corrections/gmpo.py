@@ -28,7 +28,7 @@ from ._torch import torch
 from .batch import PolicyBatch, Surrogate
 from .losses import POLICY_LOSSES
 from .registry import Param
-from .stats import broadcast_seq, seq_mean
+from .stats import broadcast_seq, safe_exp, seq_mean
 
 
 def log_space_range(value: Tuple[float, float]) -> Optional[str]:
@@ -65,6 +65,6 @@ def gmpo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """loss_i = -mean_t(A_t) exp(mean_t l'_t), spread over the tokens of sequence i."""
     low, high = cfg.params.gmpo_clip_range
     log_ratio, clipped = pessimistic_log_ratio_clip(batch.log_ratio, batch.advantages, low, high)
-    seq_ratio = seq_mean(log_ratio, batch.mask).exp()
+    seq_ratio = safe_exp(seq_mean(log_ratio, batch.mask))  # bounded already; clamped for every row length
     seq_loss = -seq_mean(batch.advantages, batch.mask) * seq_ratio
     return Surrogate(loss=broadcast_seq(seq_loss, batch.mask), clipped=clipped & batch.on)

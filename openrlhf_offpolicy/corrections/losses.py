@@ -35,6 +35,8 @@ class PolicyLossEntry(Entry):
                         --actor.eps_clip* / --actor.dual_clip); absent means False.
     reads_rollout       the loss reads pi_roll whenever it is given (falls back to pi_old), so the
                         integration requests rollout log-probs from vLLM (dppo).
+    bypass              the loss reads no pi_old (it anchors on pi_roll): the OpenRLHF integration runs it
+                        in bypass mode, without the old-log-prob forward (a3po).
     validate            ``validate(config)`` raises ValueError on a bad combination of its parameters.
     split_invariant     False when the loss reads statistics of the whole loss call (a mean, a
                         top-k), so that micro-batches with global normalisers do not add up to
@@ -63,6 +65,7 @@ class PolicyLossEntry(Entry):
     gradient_weight: str = ""
     upstream_flags: Tuple[str, ...] = ()
     ppo_clip: bool = False
+    bypass: bool = False
 
 
 # Listing order: these modules first, then every other module of the package (alphabetically).

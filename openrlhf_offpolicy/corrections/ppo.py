@@ -36,6 +36,7 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, cfg) -> Sur
     ppo_clip=True,
     source="PPO arXiv 1707.06347; clip-higher arXiv 2503.14476; dual-clip arXiv 1912.09729",
     preset="configs/baseline.yaml",
+    variants=("configs/lite_ppo.yaml", "configs/m2po.yaml"),
     script="train_baseline.sh",
     upstream_flags=("--actor.eps_clip_low_high", "--actor.dual_clip"),
     formula="`-min(r A, clip(r) A)`, clip-higher, dual-clip",

@@ -2,7 +2,8 @@
 
 A criterion is a string (``--rejection CRITERION [...]``, kwarg ``rejection=("seq_max_k2:0.05", ...)``):
 
-    AGG_METRIC:HIGH  or  AGG_METRIC:LOW:HIGH     AGG in token, seq_sum, seq_mean, seq_max
+    AGG_METRIC:HIGH  or  AGG_METRIC:LOW:HIGH     AGG in token, seq_sum, seq_mean, seq_max,
+                                                 segment_sum, segment_mean, segment_max
 
 over the per-token mismatch statistics, with ``log rho_t = log pi_old - log pi_roll`` (Schulman's
 estimators of KL(pi_roll || pi_old), "Approximating KL divergence", 2020):
@@ -13,7 +14,10 @@ estimators of KL(pi_roll || pi_old), "Approximating KL divergence", 2020):
 
 ``token`` drops the tokens whose statistic leaves the band; ``seq_sum`` / ``seq_mean`` /
 ``seq_max`` drop a whole sequence when the sum / mean / max of the statistic over its action
-tokens leaves it (``seq_max`` only for the non-negative k2 and k3). Three special criteria:
+tokens leaves it (``seq_max`` only for the non-negative k2 and k3). ``segment_*`` does the same with
+a *segment* as the unit: a maximal run of consecutive action tokens of a row, i.e. one turn of a
+multi-turn agent episode (``segment_mean_k1:log L:log H`` is ROLL's segment filter). Four special
+criteria:
 
     token_kpop:PHI   drop a token when max(binKL(pi_roll(a) || pi_old(a)), binKL(pi_old(a) || pi_roll(a)))
                      > PHI, binKL being the KL over {a, not a}
@@ -21,6 +25,11 @@ tokens leaves it (``seq_max`` only for the non-negative k2 and k3). Three specia
                      when A < 0 and mean_t (log pi_roll - log sg(pi_theta)) > DELTA; A is the
                      sequence's mean advantage over its action tokens
     veto:LOW         drop a sequence when any of its tokens has rho_t < LOW
+    m2po:TAU         M2PO (arXiv 2510.01161; AReaL cbff54d ``_apply_m2po_masking``): with
+                     M_t = (log rho_t)^2 (not k2: no factor 1/2) over the n action tokens of the loss
+                     call, drop the k largest, k = min{k : mean of the n-k smallest M_t < TAU}
+                     (n-1 if no k qualifies). Like kl_cov it reads the whole loss call, so its
+                     result depends on the micro-batch split.
 
 The old gates are special cases (the tests check the masks are the same): seq-mis is
 ``seq_sum_k1``, geo-mask is ``seq_mean_k1``, icepop is ``token_k1`` (each with the log of the ratio
@@ -31,7 +40,8 @@ a token survives only if every criterion keeps it, and it then carries the corre
 Rejected tokens and sequences keep counting in the loss denominator (the aggregation never
 changes its normaliser). Metrics: ``rejection/<criterion>/masked_frac`` (a 0-d token fraction for
 token criteria, a sequence mean over the sequences with action tokens for sequence criteria) and
-``rejection/masked_frac`` (token mean: action tokens that at least one criterion rejected); all are
+``rejection/masked_frac`` (token mean: action tokens that at least one criterion rejected); a segment
+criterion's rate is a mean over segments; all are
 step statistics (``metrics``), exact over a training step.
 """
 
@@ -49,11 +59,12 @@ from .batch import Correction, PolicyBatch
 from .divergences import binary_kl
 from .metrics import Mean, sequence_mean, token_mean
 from .registry import float32_problem, shorten
-from .stats import broadcast_seq
+from .stats import broadcast_seq, segment_starts
 
-AGGREGATIONS = ("token", "seq_sum", "seq_mean", "seq_max")
+AGGREGATIONS = ("token", "seq_sum", "seq_mean", "seq_max", "segment_sum", "segment_mean", "segment_max")
 STATISTICS = ("k1", "k2", "k3")
-SPECIAL = ("token_kpop", "opsm", "veto")
+SPECIAL = ("token_kpop", "opsm", "veto", "m2po")
+TOKEN_RULES = ("m2po",)  # special criteria that keep or drop single tokens
 
 
 @dataclass(frozen=True)
@@ -69,11 +80,18 @@ class Criterion:
         return self.name
 
     @property
+    def unit(self) -> str:
+        """What it keeps or drops: "token", "segment" or "sequence"."""
+        if self.rule.startswith("token") or self.rule in TOKEN_RULES:
+            return "token"
+        return "segment" if self.rule.startswith("segment") else "sequence"
+
+    @property
     def per_sequence(self) -> bool:
-        return not self.rule.startswith("token")
+        return self.unit == "sequence"
 
     def keep(self, batch: PolicyBatch, stats: "TokenStats") -> torch.Tensor:
-        """Bool keep-mask: ``[B, T]`` for a token criterion, ``[B]`` for a sequence criterion."""
+        """Bool keep-mask: ``[B, T]`` for a token or segment criterion, ``[B]`` for a sequence criterion."""
         return RULES[self.rule](batch, stats, self.low, self.high)
 
 
@@ -104,6 +122,8 @@ def _in(stat: torch.Tensor, low: float, high: float) -> torch.Tensor:
 def _aggregate(agg: str, x: torch.Tensor, batch: PolicyBatch) -> torch.Tensor:
     if agg == "token":
         return x
+    if agg.startswith("segment_"):  # every token carries its segment's sum / mean / max
+        return batch.segment_reduce(x, agg[len("segment_"):])
     if agg == "seq_sum":
         return x.sum(dim=-1)
     if agg == "seq_mean":
@@ -139,9 +159,29 @@ def _veto(batch: PolicyBatch, stats: TokenStats, low: float, high: float) -> tor
     return lowest >= math.log(low)
 
 
+def _m2po(batch: PolicyBatch, stats: TokenStats, low: float, high: float) -> torch.Tensor:
+    """Keep all but the k largest M_t = (log rho_t)^2 of the call, k the smallest count whose removal
+    brings the mean of the rest below TAU (n - 1 when none does)."""
+    on = batch.on.reshape(-1)
+    m2 = (stats["k1"] * stats["k1"]).reshape(-1)[on]
+    n = m2.numel()
+    keep = batch.on.clone()
+    if n == 0:
+        return keep
+    ordered, order = torch.sort(m2, descending=True, stable=True)
+    # mean of the n - k smallest for k = 0..n-1: suffix sums of the descending order
+    suffix_mean = ordered.flip(0).cumsum(0).flip(0) / torch.arange(n, 0, -1, dtype=m2.dtype, device=m2.device)
+    below = suffix_mean < high
+    k = torch.where(below.any(), below.to(torch.int64).argmax(), torch.tensor(n - 1, device=m2.device))
+    kept_sorted = torch.arange(n, device=m2.device) >= k
+    kept = torch.empty_like(kept_sorted).scatter_(0, order, kept_sorted)
+    keep.view(-1)[on.nonzero().squeeze(-1)] = kept
+    return keep
+
+
 RULES: Dict[str, Callable] = {f"{a}_{s}": _band_rule(a, s) for a in AGGREGATIONS for s in STATISTICS
-                              if not (a == "seq_max" and s == "k1")}
-RULES.update(token_kpop=_token_kpop, opsm=_opsm, veto=_veto)
+                              if not (a.endswith("_max") and s == "k1")}
+RULES.update(token_kpop=_token_kpop, opsm=_opsm, veto=_veto, m2po=_m2po)
 
 
 # A plain ASCII decimal: no digit separators, no non-ASCII digits, no inf/nan, no hex.
@@ -166,7 +206,7 @@ def parse_criterion(text: str) -> Criterion:
     name = text.strip()
     rule, *bounds_text = name.split(":")
     if rule not in RULES:
-        hint = " (seq_max takes k2 or k3 only: k1 is signed)" if rule == "seq_max_k1" else ""
+        hint = f" ({rule[:-3]} takes k2 or k3 only: k1 is signed)" if rule.endswith("_max_k1") else ""
         raise ValueError(
             f"unknown rejection criterion {shorten(rule)} in {shorten(name)}{hint}; "
             "use AGG_METRIC:HIGH or AGG_METRIC:LOW:HIGH "
@@ -196,7 +236,7 @@ def parse_criterion(text: str) -> Criterion:
         return Criterion(name, rule, value, math.inf)
     if rule == "opsm":
         return Criterion(name, rule, -math.inf, value)
-    if not value > 0:  # k2, k3, token_kpop: an upper bound on a non-negative divergence
+    if not value > 0:  # k2, k3, token_kpop, m2po: an upper bound on a non-negative statistic
         raise ValueError(f"rejection criterion {shorten(name)}: {rule} takes an upper bound > 0 only")
     return Criterion(name, rule, 0.0, value)
 
@@ -236,7 +276,7 @@ def apply_rejection(correction: Correction, batch: PolicyBatch, criteria: Sequen
     metrics: Dict[str, Callable[[], torch.Tensor]] = {}
     for criterion in criteria:
         kept = criterion.keep(batch, stats)
-        metrics[f"rejection/{criterion.name}/masked_frac"] = _masked_frac(kept, criterion.per_sequence, batch)
+        metrics[f"rejection/{criterion.name}/masked_frac"] = _masked_frac(kept, criterion.unit, batch)
         if criterion.per_sequence:
             kept = broadcast_seq(kept, batch.mask)
         keep = keep & kept
@@ -247,14 +287,21 @@ def apply_rejection(correction: Correction, batch: PolicyBatch, criteria: Sequen
                    metrics={**correction.metrics, **metrics})
 
 
-def _masked_frac(kept: torch.Tensor, per_sequence: bool, batch: PolicyBatch) -> Callable[[], Mean]:
-    """The criterion's rejection rate, read lazily: a sequence mean, or a token mean (a ``partial`` of a
+def _masked_frac(kept: torch.Tensor, unit: str, batch: PolicyBatch) -> Callable[[], Mean]:
+    """The criterion's rejection rate, read lazily: a sequence, segment or token mean (a ``partial`` of a
     module-level function, so a ``PolicyLoss`` holding it still pickles)."""
-    return partial(_sequence_rejected if per_sequence else _token_rejected, kept, batch)
+    rate = {"sequence": _sequence_rejected, "segment": _segment_rejected}.get(unit, _token_rejected)
+    return partial(rate, kept, batch)
 
 
 def _sequence_rejected(kept: torch.Tensor, batch: PolicyBatch) -> Mean:
     return sequence_mean(~kept & batch.has_tokens, batch.has_tokens)
+
+
+def _segment_rejected(kept: torch.Tensor, batch: PolicyBatch) -> Mean:
+    """Read at each segment's first token with a usable input."""
+    first = segment_starts(batch.mask if batch.segment_mask is None else batch.segment_mask)
+    return sequence_mean((~kept & first).reshape(-1), first.reshape(-1))
 
 
 def _token_rejected(kept: torch.Tensor, batch: PolicyBatch) -> Mean:

@@ -62,3 +62,52 @@ def log_in_band(log_stat: torch.Tensor, low: float, high: float) -> torch.Tensor
     log_low = float("-inf") if low <= 0 else torch.log(torch.tensor(low, dtype=torch.float64)).item()
     log_high = torch.log(torch.tensor(high, dtype=torch.float64)).item()
     return (log_stat >= log_low) & (log_stat <= log_high)
+
+
+# --------------------------------------------------------------------------- segments (turns)
+# A segment is a maximal run of consecutive action tokens of a row: in a multi-turn agent episode,
+# one assistant turn between two tool outputs (which the action mask marks 0).
+def segment_starts(mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool: the first token of each segment of ``mask``."""
+    on = mask > 0
+    starts = on.clone()
+    starts[:, 1:] &= ~on[:, :-1]
+    return starts
+
+
+def turn_index(mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` long: 1 for the tokens of a row's first segment, 2 for its second, ...; 0 off the mask."""
+    turns = torch.cumsum(segment_starts(mask), dim=-1, dtype=torch.int64)
+    return turns.masked_fill_(mask <= 0, 0)
+
+
+def segment_reduce(x: torch.Tensor, segment_mask: torch.Tensor, weight: torch.Tensor, how: str,
+                   turns=None) -> torch.Tensor:
+    """Every token's segment ``sum`` / ``mean`` / ``max`` of ``x`` over the tokens where ``weight`` is 1.
+
+    Segments are those of ``segment_mask``; ``turns`` (from ``turn_index``) numbers them within each
+    row, None when no row has two (then each row is one segment: plain row reductions, no scatter).
+    The result is ``[B, T]`` (0 off the segments). A token with ``weight`` 0 inside a segment (a
+    non-finite input) is skipped, as in ``seq_mean``.
+    """
+    inside = segment_mask > 0
+    w = weight.to(x.dtype) * inside
+    if how == "max":
+        values = torch.where(w > 0, x, torch.full((), float("-inf"), dtype=x.dtype, device=x.device))
+        if turns is None:
+            per_turn = values.amax(dim=-1, keepdim=True) if x.shape[-1] else values.sum(dim=-1, keepdim=True)
+        else:
+            per_turn = torch.full((x.shape[0], x.shape[-1] + 1), float("-inf"), dtype=x.dtype, device=x.device)
+            per_turn = per_turn.scatter_reduce(1, turns, values, reduce="amax")
+        per_turn = torch.where(torch.isfinite(per_turn), per_turn, torch.zeros_like(per_turn))
+    elif turns is None:
+        per_turn = (x * w).sum(dim=-1, keepdim=True)
+        if how == "mean":
+            per_turn = per_turn / w.sum(dim=-1, keepdim=True).clamp(min=1.0)
+    else:
+        buffer = torch.zeros((x.shape[0], x.shape[-1] + 1), dtype=x.dtype, device=x.device)
+        per_turn = buffer.scatter_add(1, turns, x * w)
+        if how == "mean":
+            per_turn = per_turn / buffer.scatter_add(1, turns, w).clamp(min=1.0)
+    value = per_turn.expand_as(x) if turns is None else per_turn.gather(1, turns)
+    return torch.where(inside, value, torch.zeros_like(x))

@@ -82,7 +82,7 @@ def launch_scripts() -> Dict[str, Tuple[str, List[Tuple[str, str]]]]:
                 continue
             variable = "PRESET" if e.script == "train_preset.sh" else kind
             if e.script == "train_baseline.sh":
-                variable = ""
+                variable = "PRESET" if e.variants else ""
             presets = [os.path.basename(p)[: -len(".yaml")] for p in (e.preset, *e.variants)]
             out.setdefault(e.script, (variable, []))[1].extend((p, e.name) for p in presets)
     return out

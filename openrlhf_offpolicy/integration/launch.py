@@ -127,10 +127,11 @@ def take_job_setup_hook() -> Optional[str]:
     return hook
 
 
-def method_label(config) -> str:
+def method_label(config, estimator: str = "group_norm") -> str:
     """The default wandb group: ``<policy loss>-<correction>``, then the band and every parameter of
     the selected methods that differs from its default (``ppo-trm-trm_avg_delta=0.002-trm_max_delta=none``),
-    so runs of different settings never share a group."""
+    and the advantage estimator unless it is GRPO's ``group_norm`` (the example scripts'), so runs of
+    different settings never share a group."""
     if config.correction_enabled:
         correction = config.correction
     elif config.anchor_on_rollout:
@@ -156,6 +157,8 @@ def method_label(config) -> str:
         parts.append("rejection=" + ",".join(c.name for c in config.rejection))
     if config.is_batch_normalize:
         parts.append("batch_normalized")
+    if estimator and estimator != "group_norm":
+        parts.append(f"adv={estimator}")
     return "-".join(dict.fromkeys(parts))
 
 
@@ -182,7 +185,7 @@ def finalize_args(args, settings: OffPolicySettings, explicit_flags: Iterable[st
         args.actor.policy_loss_type = settings.policy_loss_type
     wants = settings.request_rollout_logprobs or config.reads_rollout_log_probs
     settings = replace(settings, request_rollout_logprobs=bool(wants and vllm_enabled(args)))
-    label = method_label(config)
+    label = method_label(config, getattr(getattr(getattr(args, "algo", None), "advantage", None), "estimator", ""))
     if "--logger.wandb.group" not in explicit:
         args.logger.wandb.group = label
     if "--logger.wandb.run_name" not in explicit:

@@ -4,7 +4,8 @@
 run's settings to the upstream kwargs the trainer passes. Its ``statistics`` reach upstream's logged
 status through the ``training_step`` / ``ppo_train`` wrappers (``wrappers``), exact over the step.
 While a micro-batch is trained, ``experience_info`` is that micro-batch's ``experience.info``.
-With ``--vllm_logprobs_topk`` the loss also receives the micro-batch's top-K data (``PENDING``).
+With ``--vllm_logprobs_topk`` the loss also receives the micro-batch's top-K data (``PENDING``), and with
+``--a3po_alpha versions`` each sample's policy-version lag (``experience.info``, ``policy_versions``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from ..corrections.metrics import Mean
 from ..models.loss import PolicyLoss
+from .policy_versions import VERSION_LAG_KEY
 from .settings import OffPolicySettings
 
 
@@ -60,6 +62,9 @@ class OpenRLHFPolicyLoss(PolicyLoss):
         pending = PENDING.get()
         if pending is not None:
             kwargs.update(pending.loss_kwargs())
+        info = self.experience_info or {}
+        if self.settings.needs_version_lag and VERSION_LAG_KEY in info:
+            kwargs["policy_version_lag"] = info[VERSION_LAG_KEY]
         excluded = None
         if self.settings.match_rollout_sampling:
             excluded = excluded_tokens(log_probs, old_log_probs, action_mask)

@@ -159,7 +159,9 @@ def _versions(name):
         from . import policy_versions
 
         factory = getattr(policy_versions, name)
-        return factory(original, settings.max_staleness) if name == "with_staleness_filter" else factory(original)
+        if name == "with_staleness_filter":
+            return factory(original, settings.max_staleness, tag_version_lag=settings.needs_version_lag)
+        return factory(original)
 
     return make
 
@@ -186,7 +188,8 @@ PATCHES += [
     Patch("openrlhf.trainer.ppo_utils.samples_generator", "SamplesGenerator._generate_vllm",
           _versions("with_version_tags"), why="every sample carries the policy version it was generated with"),
     Patch("openrlhf.trainer.ppo_utils.experience_maker", "RemoteExperienceMaker.make_experience", _bypass,
-          when=lambda s: s.bypass_old_logprobs, why="--bypass_old_logprobs: pi_old := pi_roll, no actor forward"),
+          when=lambda s: s.bypass_old_logprobs, why="--bypass_old_logprobs (and a3po): pi_old := pi_roll, no actor "
+          "forward"),
     Patch("openrlhf.trainer.ray.vllm_engine", "RolloutRayActor.options", _engine_dtype,
           when=lambda s: s.engine_dtype is not None, why="--vllm_dtype: upstream hard-codes bfloat16 engines"),
 ]

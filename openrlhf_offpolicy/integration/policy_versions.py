@@ -40,6 +40,11 @@ from .staleness import SampleVersion, filter_step
 
 CLOCK_NAME = "openrlhf_offpolicy_version_clock"
 ATTRIBUTE = "policy_version"  # per-sample attribute on upstream's Experience (survives pickling)
+# Per-sample ``experience.info`` entry: v_theta - v_behave, the policy updates between the weights that
+# generated the sample (its oldest token: ``SampleVersion.low``) and the trainer's at the step. Upstream
+# carries info entries through make_experience and the replay buffer to every training micro-batch,
+# where the loss reads it (``--a3po_alpha versions``).
+VERSION_LAG_KEY = "policy_version_lag"
 
 
 class VersionClock:
@@ -169,11 +174,21 @@ def lockstep_unit(args) -> int:
     return math.lcm(ranks * int(args.rollout.micro_batch_size), ranks * int(args.train.micro_batch_size))
 
 
-def with_staleness_filter(train_step, max_staleness: Optional[int]):
+def tag_version_lags(samples, versions: List[SampleVersion], trainer_version: int) -> None:
+    """Put each sample's policy-version lag (``VERSION_LAG_KEY``) into its ``info``, one entry per sample."""
+    import torch
+
+    for sample, version in zip(samples, versions):
+        sample.info[VERSION_LAG_KEY] = torch.tensor([float(trainer_version - version.low)])
+
+
+def with_staleness_filter(train_step, max_staleness: Optional[int], tag_version_lag: bool = False):
     @functools.wraps(train_step)
     def wrapped(self, rollout_samples, global_step, *args, **kwargs):
         state = trainer_version(self)
         state.version = global_step
+        if tag_version_lag:
+            tag_version_lags(rollout_samples, sample_versions(rollout_samples), global_step)
         versions = group_versions(sample_versions(rollout_samples), self.args.rollout.n_samples_per_prompt)
         kept, stats = filter_step(global_step, rollout_samples, versions, max_staleness,
                                   unit=lockstep_unit(self.args), group=self.args.rollout.n_samples_per_prompt)

@@ -69,6 +69,11 @@ class OffPolicySettings:
         # JSON has no tuples: sequences are kept as lists, so ``from_json(to_json(s)) == s`` exactly.
         object.__setattr__(self, "loss_kwargs", {str(k): _as_json_value(v) for k, v in dict(self.loss_kwargs).items()})
 
+    @property
+    def needs_version_lag(self) -> bool:
+        """The loss reads each sample's policy-version lag (``--a3po_alpha versions``)."""
+        return self.loss_kwargs.get("a3po_alpha") == "versions"
+
     def loss_config(self, args):
         """Resolve (and validate) the ``PolicyLoss`` configuration for upstream ``args``."""
         from ..corrections import resolve_config

@@ -157,7 +157,9 @@ class PolicyLoss(nn.Module):
     ):
         """Upstream's arguments, plus the top-K inputs of the top-K divergences (README, "Top-K divergences"):
         ``rollout_topk_ids`` / ``rollout_topk_log_probs`` ``[B, T, K]`` (the rollout's top-K),
-        ``topk_log_probs`` ``[B, T, K]`` (pi_theta at those ids) and ``action_ids`` ``[B, T]``."""
+        ``topk_log_probs`` ``[B, T, K]`` (pi_theta at those ids) and ``action_ids`` ``[B, T]``; and
+        ``policy_version_lag`` ``[B]``, each sample's policy-version lag (``a3po_alpha='versions'``)."""
+        version_lag = extra.pop("policy_version_lag", None)
         topk = self._topk(log_probs, extra)
         if rollout_log_probs is None and self.config.needs_rollout_log_probs:
             raise ValueError(
@@ -169,6 +171,7 @@ class PolicyLoss(nn.Module):
             log_probs, old_log_probs, advantages, action_mask, rollout_log_probs,
             topk if self.config.needs_topk else None, rollout_in_loss=self.rollout_in_loss,
         )
+        batch.version_lag = version_lag
 
         surrogate = self.surrogate(batch, self.config)
         correction = self.correction(batch, self.config)

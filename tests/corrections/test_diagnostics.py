@@ -6,7 +6,6 @@ import pytest
 import torch
 from helpers import random_inputs
 
-from openrlhf_offpolicy.corrections.diagnostics import length_quartiles
 from openrlhf_offpolicy.models import PolicyLoss
 
 
@@ -22,12 +21,37 @@ def reference(inputs):
         "ppl_ratio": [math.exp(sum(r for _, r in row) / len(row)) / math.exp(sum(o for o, _ in row) / len(row))
                       for row in tokens],
     }
-    # quartiles of the response length: sort by (length, position), split the ranks in four
-    order = sorted(range(len(tokens)), key=lambda b: (len(tokens[b]), b))
-    for q in range(4):
-        members = [b for rank, b in enumerate(order) if rank * 4 // len(order) == q]
-        k3 = sum(math.exp(o - r) - 1 - (o - r) for b in members for o, r in tokens[b])
-        out[f"k3_q{q + 1}"] = k3 / max(sum(len(tokens[b]) for b in members), 1)
+    def js(o, r):
+        p, q = math.exp(o), math.exp(r)
+        m = (p + q) / 2
+        kl = lambda a, c: sum(x * math.log(x / y) for x, y in ((a, c), (1 - a, 1 - c)) if x > 0)  # noqa: E731
+        return (kl(p, m) + kl(q, m)) / 2
+
+    out["js"] = sum(js(o, r) for o, r in flat) / n
+    out["prob_diff_gt_ln2_frac"] = sum(abs(o - r) > math.log(2) for o, r in flat) / n
+    k3 = lambda o, r: math.exp(o - r) - 1 - (o - r)  # noqa: E731
+    # turns: maximal runs of action tokens; a row's first, second, then every later turn
+    per_turn = {1: [], 2: [], 3: []}
+    for oo, rr, mm in zip(old, roll, mask):
+        turn, previous = 0, 0
+        for o, r, m in zip(oo, rr, mm):
+            if m > 0:
+                turn += previous == 0
+                per_turn[min(turn, 3)].append(k3(o, r))
+            previous = m
+    for t, name in ((1, "k3_turn1"), (2, "k3_turn2"), (3, "k3_turn3+")):
+        out[name] = sum(per_turn[t]) / max(len(per_turn[t]), 1)
+    return out
+
+
+def length_bucket_reference(tokens, edges=(512, 2048, 8192)):
+    out = {}
+    names = [f"k3_len<={e}" for e in edges] + [f"k3_len>{edges[-1]}"]
+    bounds = [0, *edges, float("inf")]
+    for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
+        rows = [row for row in tokens if lo < len(row) <= hi]
+        values = [math.exp(o - r) - 1 - (o - r) for row in rows for o, r in row]
+        out[name] = sum(values) / max(len(values), 1)
     return out
 
 
@@ -38,29 +62,51 @@ def test_diagnostics_match_their_definitions(seed, dtype):
     module = PolicyLoss(enable_vllm_is_correction=True, vllm_is_correction_type="tis")
     module(**inputs)
     m, ref = module.metrics, reference(inputs)
-    for name in ("chi2_token", "prob_abs_diff", "k3_q1", "k3_q2", "k3_q3", "k3_q4"):
+    for name in ("chi2_token", "prob_abs_diff", "js", "prob_diff_gt_ln2_frac", "k3_turn1", "k3_turn2", "k3_turn3+"):
         assert m[f"mismatch/{name}"].dim() == 0
         assert m[f"mismatch/{name}"].item() == pytest.approx(ref[name], rel=2e-5, abs=1e-7), name
     for name in ("chi2_seq", "ppl_ratio"):  # sequence means (every row of these inputs has tokens)
         assert m[f"mismatch/{name}"].dim() == 0
         expected = sum(ref[name]) / len(ref[name])
         assert m[f"mismatch/{name}"].item() == pytest.approx(expected, rel=2e-5, abs=1e-7), name
-    # the longer sequences of this batch are more off-policy per token only by chance: the quartiles differ
-    assert len({round(m[f"mismatch/k3_q{q}"].item(), 6) for q in range(1, 5)}) == 4
+    assert 0 < m["mismatch/prob_diff_gt_ln2_frac"].item() < 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_turn_and_length_buckets_match_their_definitions_on_multi_turn_rows(seed):
+    inputs = random_inputs(batch=6, length=24, seed=seed, mismatch_scale=(0.01, 0.5))
+    g = torch.Generator().manual_seed(seed)
+    holes = torch.rand(6, 24, generator=g) < 0.25
+    holes[:, 0] = False
+    inputs["action_mask"] = inputs["action_mask"] * ~holes
+    module = PolicyLoss()
+    module(**inputs)
+    ref = reference(inputs)
+    for name in ("k3_turn1", "k3_turn2", "k3_turn3+"):
+        assert module.metrics[f"mismatch/{name}"].item() == pytest.approx(ref[name], rel=1e-6, abs=1e-9), name
+    assert ref["k3_turn2"] > 0 and ref["k3_turn3+"] > 0, "these rows must have several turns"
+
+
+def test_length_buckets_use_fixed_edges_of_the_generation_budget():
+    lengths = [3, 512, 513, 2048, 2049, 9000]
+    g = torch.Generator().manual_seed(0)
+    old = -torch.rand(6, 9000, generator=g, dtype=torch.float64) - 0.1
+    roll = old + 0.2 * torch.randn(6, 9000, generator=g, dtype=torch.float64)
+    mask = (torch.arange(9000).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).double()
+    module = PolicyLoss()
+    module(old.clone().requires_grad_(), old, torch.ones(6, 9000, dtype=torch.float64), action_mask=mask,
+           rollout_log_probs=roll)
+    tokens = [[(o, r) for o, r in zip(old[b, :n].tolist(), roll[b, :n].tolist())] for b, n in enumerate(lengths)]
+    for name, value in length_bucket_reference(tokens).items():
+        assert module.metrics[f"mismatch/{name}"].item() == pytest.approx(value, rel=1e-6), name
 
 
 def test_the_diagnostics_are_computed_without_a_correction_too():
     module = PolicyLoss()
     module(**random_inputs(seed=3))
     assert {"mismatch/chi2_token", "mismatch/chi2_seq", "mismatch/ppl_ratio", "mismatch/prob_abs_diff",
-            "mismatch/k3_q1", "mismatch/k3_q4"} <= set(module.metrics)
-
-
-def test_length_quartiles_rank_sequences_with_tokens_and_skip_empty_ones():
-    counts = torch.tensor([5.0, 0.0, 1.0, 3.0, 3.0, 9.0, 2.0, 7.0, 0.0])
-    # valid lengths sorted: 1(b2) 2(b6) 3(b3) 3(b4) 5(b0) 7(b7) 9(b5): ranks 0..6 -> floor(4 r / 7)
-    assert length_quartiles(counts).tolist() == [2, -1, 0, 1, 1, 3, 0, 2, -1]
-    assert length_quartiles(torch.zeros(3)).tolist() == [-1, -1, -1]
+            "mismatch/js", "mismatch/prob_diff_gt_ln2_frac", "mismatch/k3_len<=512", "mismatch/k3_len>8192",
+            "mismatch/k3_turn1", "mismatch/k3_turn3+"} <= set(module.metrics)
 
 
 def test_a_token_mean_is_exact_over_micro_batches_under_upstreams_token_weighting():

@@ -23,6 +23,12 @@ LOSS_SETTINGS = [(name, {}) for name in POLICY_LOSSES.names()] + [
     ("luspo", {"clip_eps_low": 0.1, "clip_eps_high": 0.28}),
     ("clip_cov", {"clip_cov_ratio": 0.1, "clip_cov_lb": -1.0, "clip_cov_ub": 1.0}),
     ("kl_cov", {"kl_cov_ratio": 0.2, "kl_cov_coef": 0.5}),
+    ("glm5_is", {"glm5_is_clip_range": (0.5, 1.5)}),
+    ("prime_dppo", {"prime_dppo_delta": (0.02, 0.05), "prime_dppo_tau": 0.3}),
+    ("ipo", {"ipo_delta": 0.03, "ipo_tau": 0.2}),
+    ("dro", {"dro_beta": 0.7}),
+    ("a3po", {"a3po_alpha": 0.0}),
+    ("a3po", {"a3po_alpha": 0.8, "a3po_behave_cap": 1.2, "clip_eps_low": 0.1, "clip_eps_high": 0.28}),
 ]
 SETTING_IDS = [f"{t}-{'-'.join(f'{k}={v}' for k, v in p.items()) or 'default'}" for t, p in LOSS_SETTINGS]
 
@@ -47,7 +53,8 @@ def test_per_token_loss_matches_float64_loop_reference(loss_type, params, seed):
     assert_close_lists(out.loss * batch.mask, expected, atol=1e-7, rtol=1e-6)
 
 
-GRADIENT_SETTINGS = [(t, p) for t, p in LOSS_SETTINGS if t in ("sapo", "cispo", "dppo", "is_reshape")]
+GRADIENT_SETTINGS = [(t, p) for t, p in LOSS_SETTINGS
+                     if t in ("sapo", "cispo", "dppo", "is_reshape", "glm5_is", "topr")]
 
 
 @pytest.mark.parametrize("seed", range(3))

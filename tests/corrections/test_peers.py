@@ -1,11 +1,19 @@
 """Our new policy losses against the peers' own functions, on the same float64 tensors.
 
-verl 0.9.1 and TRL 1.16.0 are not dependencies: each test is skipped when its peer does not
-import. To run them: ``pip download --no-deps verl==0.9.1 trl==1.16.0`` and install both
-``--no-deps`` (verl's ``core_algos`` also imports tensordict, pyvers, omegaconf, antlr4,
-codetiming and orjson), e.g. into a folder put on ``PYTHONPATH``.
+verl 0.9.1, TRL 1.16.0, SkyRL 0.4.0 and AReaL 1.0.4 are not dependencies: each test is skipped when
+its peer is not installed. To run them: install them ``--no-deps`` (``make bench`` does, into
+``bench_results/peers``; verl's ``core_algos`` also imports tensordict, pyvers, omegaconf, antlr4,
+codetiming and orjson), e.g. into a folder put on ``PYTHONPATH``. SkyRL's and AReaL's modules import
+their whole frameworks, so their functions are taken from the installed source files as they are
+(``peer_functions``: the named top-level functions, run unmodified with torch).
+
+prime-rl (``prime_dppo``, ``ipo``) and ROLL (``topr``, segment IS) are not on PyPI: those methods are
+tested against the formulas as read in the commits the README names (tests/reference.py).
 """
 
+import ast
+import importlib.util
+import os
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -16,9 +24,30 @@ from helpers import random_inputs
 from openrlhf_offpolicy.models import PolicyLoss
 
 
-def ours(loss_type, inputs, **kwargs):
+def peer_functions(package, relative_path, names, **namespace):
+    """The top-level functions ``names`` of ``package/relative_path`` (not imported: the package's
+    ``__init__`` pulls in its framework), defined from the installed source with decorators and
+    annotations dropped, in a namespace holding torch and ``namespace``."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"{package} is not installed")
+    path = os.path.join(spec.submodule_search_locations[0], relative_path)
+    tree = ast.parse(open(path).read())
+    nodes = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+    for node in nodes:
+        node.decorator_list, node.returns = [], None
+        for arg in node.args.args + node.args.kwonlyargs:
+            arg.annotation = None
+    assert {n.name for n in nodes} == set(names), f"{path} lacks {set(names) - {n.name for n in nodes}}"
+    scope = {"torch": torch, **namespace}
+    exec(compile(ast.fix_missing_locations(ast.Module(body=nodes, type_ignores=[])), path, "exec"), scope)
+    return scope
+
+
+def ours(loss_type, inputs, keep_rollout=False, **kwargs):
     fresh = {k: (v.detach().clone().requires_grad_() if k == "log_probs" else v) for k, v in inputs.items()}
-    fresh.pop("rollout_log_probs")
+    if not keep_rollout:
+        fresh.pop("rollout_log_probs")
     loss = PolicyLoss(policy_loss_type=loss_type, **kwargs)(**fresh)[0]
     loss.backward()
     return loss.detach(), fresh["log_probs"].grad
@@ -130,3 +159,81 @@ def test_luspo_equals_trl(seed, eps):
     inputs = random_inputs(batch=6, length=10, seed=seed, policy_scale=0.3)
     theirs = trl_loss("luspo", inputs, importance_sampling_level="sequence", epsilon_low=eps[0], epsilon_high=eps[1])
     assert_same(ours("luspo", inputs, clip_eps_low=eps[0], clip_eps_high=eps[1]), theirs)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("beta", [0.05, 0.7])
+def test_dro_equals_verl(seed, beta):
+    inputs = random_inputs(batch=6, length=10, seed=seed, policy_scale=0.4)
+    theirs = verl_loss("dro", inputs, dro_beta=beta)
+    assert_same(ours("dro", inputs, dro_beta=beta), theirs)
+
+
+# ----------------------------------------------------------------------------- SkyRL 0.4.0
+def skyrl_rollout_is(inputs, eps_low, eps_high):
+    """SkyRL's ``rollout_is_policy_loss`` (its off-policy correction off), summed; we divide by the tokens."""
+    utils = "backends/skyrl_train/utils/"
+    helpers = peer_functions("skyrl", utils + "torch_utils.py", ["safe_exp_delta", "masked_mean"])
+    scope = peer_functions("skyrl", utils + "ppo_utils.py", ["rollout_is_policy_loss", "reduce_loss"], **helpers,
+                           apply_off_policy_correction=lambda loss, old, roll, mask, cfg: (loss, mask, {}))
+    log_probs = inputs["log_probs"].detach().clone().requires_grad_()
+    config = SimpleNamespace(eps_clip_low=eps_low, eps_clip_high=eps_high, off_policy_correction=None)
+    mask = inputs["action_mask"]
+    loss, _ = scope["rollout_is_policy_loss"](log_probs, inputs["old_log_probs"], inputs["advantages"], config,
+                                              loss_mask=mask, rollout_logprobs=inputs["rollout_log_probs"])
+    loss = loss / mask.sum()
+    loss.backward()
+    return loss.detach(), log_probs.grad
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("eps", [(0.2, 0.2), (0.1, 0.5)])
+def test_glm5_is_equals_skyrl_rollout_is(seed, eps):
+    """SkyRL exponentiates in float32 (``safe_exp_delta``): equal to float32 rounding of the ratio."""
+    inputs = random_inputs(batch=6, length=10, seed=seed, policy_scale=0.2, mismatch_scale=0.2)
+    theirs = skyrl_rollout_is(inputs, *eps)
+    (la, ga), (lb, gb) = ours("glm5_is", inputs, keep_rollout=True, glm5_is_clip_range=(1 - eps[0], 1 + eps[1])), theirs
+    print(f"max |loss diff| {abs(la - lb).item():.2e}, max |grad diff| {(ga - gb).abs().max().item():.2e}")
+    assert torch.allclose(la, lb, rtol=1e-6, atol=1e-9) and torch.allclose(ga, gb, rtol=1e-6, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- AReaL 1.0.4
+def areal_actor(*names):
+    return peer_functions("areal", "trainer/ppo/actor.py", names)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("tau", [0.005, 0.04])
+def test_m2po_rejects_the_tokens_areal_masks(seed, tau):
+    """AReaL's M = (behaviour - proximal)^2 is our (log pi_roll - log pi_old)^2: same tokens kept."""
+    from openrlhf_offpolicy.corrections import CORRECTIONS
+    from openrlhf_offpolicy.corrections.batch import make_policy_batch
+    from openrlhf_offpolicy.corrections.rejection import apply_rejection, parse_rejection
+
+    inputs = random_inputs(batch=8, length=12, seed=seed, mismatch_scale=(0.02, 0.5))
+    mask = inputs["action_mask"] > 0
+    scope = areal_actor("_apply_m2po_masking", "_get_m2po_loss_mask")
+    theirs = scope["_apply_m2po_masking"](inputs["rollout_log_probs"], inputs["old_log_probs"], mask, tau)
+    batch, _, _ = make_policy_batch(inputs["log_probs"], inputs["old_log_probs"], inputs["advantages"],
+                                    inputs["action_mask"], inputs["rollout_log_probs"])
+    rejected = apply_rejection(CORRECTIONS.get("none").fn(batch, None), batch, parse_rejection([f"m2po:{tau}"])).rejected
+    assert torch.equal(mask & ~rejected, theirs) and rejected.any()
+
+
+@pytest.mark.parametrize("lags", [[0, 1, 2, 3, 7], [4, 4, 1, 0, 2]])
+def test_a3po_proximal_log_probs_equal_areals_loglinear_approximation(lags):
+    """``--a3po_alpha versions`` with AReaL's version arithmetic, on a per-token version tensor."""
+    from openrlhf_offpolicy.corrections.a3po import alpha_from_version_lag
+
+    inputs = random_inputs(batch=5, length=9, seed=1, policy_scale=0.3, mismatch_scale=0.3)
+    lp, roll = inputs["log_probs"].detach(), inputs["rollout_log_probs"]
+    v_theta = 10
+    versions = (v_theta - torch.tensor(lags)).unsqueeze(1).expand_as(lp)
+    scope = areal_actor("compute_prox_logp_approximations")
+    scope.update(PROX_APPROX_METHOD_LOGLINEAR="loglinear", PROX_APPROX_METHODS_ALL=["loglinear"])
+    theirs = scope["compute_prox_logp_approximations"](roll, lp, versions, v_theta, method="loglinear")["loglinear"]
+    alpha = alpha_from_version_lag(torch.tensor(lags)).unsqueeze(1)
+    mine = roll + alpha * (lp - roll)
+    print(f"max |log pi_prox diff| {(mine - theirs).abs().max().item():.2e}")
+    # AReaL forms alpha in float32 (``versions.float()``): equal to float32 rounding of alpha.
+    assert torch.allclose(mine, theirs, rtol=1e-7, atol=1e-7)

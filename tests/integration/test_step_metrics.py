@@ -86,13 +86,18 @@ class FakeActor:
         return current_log_probs(sequences, old, num_actions).requires_grad_(), {}
 
 
-def make_batch(seed=0):
+def make_batch(seed=0, turns=False):
+    """``turns``: the action masks have holes (tool outputs), so rows hold several turns."""
     g = torch.Generator().manual_seed(seed)
     n = RANKS * PER_RANK
     sequences = torch.randint(1, 50, (n, PROMPT + RESP), generator=g)
     sequences[:, PROMPT:PROMPT + 1] = torch.arange(n).unsqueeze(1) + 50  # a unique id per sample
     lengths = torch.randint(1, RESP + 1, (n,), generator=g)
     action_mask = torch.arange(RESP).unsqueeze(0) < lengths.unsqueeze(1)
+    if turns:
+        holes = torch.rand(n, RESP, generator=g) < 0.3
+        holes[:, 0] = False  # the sample id token stays an action token
+        action_mask = action_mask & ~holes
     attention_mask = torch.ones(n, PROMPT + RESP, dtype=torch.long)
     attention_mask[:, PROMPT:] = action_mask.long()
     old = -torch.rand(n, RESP, generator=g) * 3 - 0.05
@@ -139,6 +144,9 @@ CASES = {
                 "vllm_is_truncated_threshold": [0.3, 3.0]},
     "trm": {"enable_vllm_is_correction": True, "vllm_is_correction_type": "trm", "trm_max_delta": 0.3,
             "trm_avg_delta": 0.2},
+    "segment-mis (multi-turn)": {"enable_vllm_is_correction": True, "vllm_is_correction_type": "segment-mis",
+                                 "vllm_is_truncated_threshold": [0.7, 1.4],
+                                 "rejection": ["segment_max_k2:0.3", "segment_mean_k3:0.1"]},
 }
 
 
@@ -152,7 +160,7 @@ def test_every_logged_metric_equals_its_whole_batch_value_after_upstreams_reduct
 
     monkeypatch.setattr(Experience, "to_device", lambda self, device: self)  # a device move, on CPU nothing
     settings = OffPolicySettings(loss_kwargs=CASES[case])
-    batch = make_batch()
+    batch = make_batch(turns="multi-turn" in case)
     patches.install(settings)
     try:
         collective = Collective(RANKS)
@@ -183,8 +191,8 @@ def test_every_logged_metric_equals_its_whole_batch_value_after_upstreams_reduct
     assert not [k for k in status if k.startswith("_offpolicy")], "hidden fields must not be logged"
     assert set(whole.statistics) <= set(status)
     for name, stat in whole.statistics.items():
-        if name.startswith("mismatch/k3_q"):
-            continue  # length quartiles are ranked within each micro-batch (README, metric table)
         assert status[name] == pytest.approx(stat.item(), rel=1e-5, abs=1e-6), name
+    if "multi-turn" in case:  # the per-turn and per-segment statistics saw several turns
+        assert status["mismatch/k3_turn2"] > 0 and status["rejection/segment_max_k2:0.3/masked_frac"] > 0
     # The naive per-micro-batch average upstream would log differs for the non-additive metrics.
     assert status["is/weight_max"] == pytest.approx(whole.statistics["is/weight_max"].item())
