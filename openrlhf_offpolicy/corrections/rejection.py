@@ -206,11 +206,12 @@ def parse_criterion(text: str) -> Criterion:
     name = text.strip()
     rule, *bounds_text = name.split(":")
     if rule not in RULES:
-        hint = f" ({rule[:-3]} takes k2 or k3 only: k1 is signed)" if rule.endswith("_max_k1") else ""
+        signed_max = rule.endswith("_max_k1") and rule[:-3] in AGGREGATIONS
+        hint = f" ({rule[:-3]} takes k2 or k3 only: k1 is signed)" if signed_max else ""
         raise ValueError(
-            f"unknown rejection criterion {shorten(rule)} in {shorten(name)}{hint}; "
+            f"unknown rejection criterion {shorten(rule)}{hint}; "
             "use AGG_METRIC:HIGH or AGG_METRIC:LOW:HIGH "
-            f"with AGG in {list(AGGREGATIONS)} and METRIC in {list(STATISTICS)}, or {', '.join(SPECIAL)}"
+            f"with AGG in {'|'.join(AGGREGATIONS)}, METRIC in {'|'.join(STATISTICS)}, or {'|'.join(SPECIAL)}"
         )
     bounds = [_number(b, name) for b in bounds_text]
     statistic = rule.rsplit("_", 1)[-1]

@@ -42,7 +42,8 @@ def test_alpha_versions_without_the_lags_is_an_error():
 
 def test_the_train_step_puts_each_samples_version_lag_into_its_info():
     samples = [SimpleNamespace(info={}, policy_version=SampleVersion(v, v)) for v in (7, 5, 9)]
-    trainer = SimpleNamespace(args=SimpleNamespace(rollout=SimpleNamespace(n_samples_per_prompt=1),
+    trainer = SimpleNamespace(args=SimpleNamespace(rollout=SimpleNamespace(n_samples_per_prompt=1, micro_batch_size=1),
+                                                   train=SimpleNamespace(micro_batch_size=1),
                                                    actor=SimpleNamespace(num_nodes=1, num_gpus_per_node=1),
                                                    ds=SimpleNamespace(ring_attn_size=1, tensor_parallel_size=1)))
     seen = {}
