@@ -102,6 +102,8 @@ def sampling_params(original, settings: OffPolicySettings):
         wanted = rollout_logprobs_wanted(current)
         if wanted:
             kwargs["logprobs"] = max(kwargs.get("logprobs") or 0, wanted)
+        if kwargs.get("logprobs") is not None and "flat_logprobs" in getattr(original, "__struct_fields__", ()):
+            kwargs.setdefault("flat_logprobs", True)  # flat arrays: no per-token objects (topk.rollout_arrays)
         params = original(*args, **kwargs)
         # custom code may pass top_k / min_p through generate_kwargs: the same check as multi-turn's
         check_generation_params(params, current, wanted, "the rollout's sampling params")
