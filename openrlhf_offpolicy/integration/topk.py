@@ -133,8 +133,11 @@ def _flat_rollout_arrays(flat, token_ids: Sequence[int], k: int) -> Optional[Rol
     if width < 1 + k or np.any(ends - starts != width) or np.any(starts[1:] != ends[:-1]):
         return None
     lo, hi = int(starts[0]), int(ends[-1])
-    values = np.frombuffer(array("d", flat.logprobs[lo:hi]), dtype=np.float64).reshape(n_tokens, width)
-    ids = np.frombuffer(array("q", flat.token_ids[lo:hi]), dtype=np.int64).reshape(n_tokens, width)
+    whole = lo == 0 and hi == len(flat.logprobs) == len(flat.token_ids)  # the usual case: no list copy
+    # array(typecode, list) is the fastest list -> buffer conversion (one C loop, no Python objects)
+    values = np.frombuffer(array("d", flat.logprobs if whole else flat.logprobs[lo:hi]), dtype=np.float64)
+    ids = np.frombuffer(array("q", flat.token_ids if whole else flat.token_ids[lo:hi]), dtype=np.int64)
+    values, ids = values.reshape(n_tokens, width), ids.reshape(n_tokens, width)
     if not np.array_equal(ids[:, 0], np.asarray(token_ids, dtype=np.int64)):
         return None
     arrays = RolloutArrays(values[:, 0].astype(np.float32))
