@@ -116,10 +116,13 @@ def experience_field(routed, truncate_length: int) -> torch.Tensor:
     array = np.asarray(routed)
     if array.ndim != 3:
         raise RoutingReplayError(f"routed experts must be [tokens, layers, top_k], got {tuple(array.shape)}")
-    if array.size and (array.min() < 0 or array.max() > torch.iinfo(torch.int16).max):
-        raise RoutingReplayError("routed expert ids out of range")
-    dtype = torch.uint8 if array.dtype == np.uint8 else torch.int16
-    rows = torch.from_numpy(array.astype(np.int64)).to(dtype)
+    if array.dtype != np.uint8:  # one range check, then int16 directly (never through int64)
+        if not np.issubdtype(array.dtype, np.integer):
+            raise RoutingReplayError(f"routed expert ids must be integers, got {array.dtype}")
+        if array.size and (array.min() < 0 or array.max() > np.iinfo(np.int16).max):
+            raise RoutingReplayError("routed expert ids out of range")
+        array = array.astype(np.int16)
+    rows = torch.from_numpy(array if array.flags.writeable else array.copy())  # Ray hands out read-only arrays
     rows = torch.cat([rows, rows.new_zeros((1, *rows.shape[1:]))])[:truncate_length]
     return rows.permute(1, 2, 0).unsqueeze(0).contiguous()
 

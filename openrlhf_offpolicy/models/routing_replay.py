@@ -26,6 +26,10 @@ and replayed ids are ``[N, L, k]`` in that order (L = MoE layers in module order
 ``to_router_order`` / ``from_router_order`` convert to and from the per-sequence ``[B, L, k, T]``
 layout the experience stores (time last, so upstream pads it like its other step fields).
 
+Cost: the replayed ids stay in their compact storage dtype (uint8 / int16) until each layer's hook
+widens its own ``[N, k]`` slice; they are checked once per replayed micro-batch (``replay``), and
+copied to the router's device once per forward, so no layer waits on the host.
+
 Counts: each replayed forward keeps, per MoE layer, which positions were replayed and which of
 them flipped (the router's own top-k set differs from the replayed set); ``counts(where)`` sums
 them over chosen positions. ``integration/routing.py`` turns them into ``routing/flip_rate`` and
@@ -195,6 +199,7 @@ class RoutingReplay:
         self._mask: Optional[torch.Tensor] = None
         self._recorded: Dict[int, torch.Tensor] = {}
         self._counts: Dict[int, tuple] = {}  # layer -> (replayed [N] bool, flipped [N] bool)
+        self._on_device: Dict[torch.device, tuple] = {}  # the replayed (ids, mask), copied once per device
         self._on_forward: Optional[Callable] = None
         self._handles = [r.register_forward_hook(self._hook) for r in self.routers]
 
@@ -240,27 +245,47 @@ class RoutingReplay:
                                      f"[tokens, {self.num_layers}, {self.top_k}]")
         if mask is not None and mask.shape != ids.shape[:1]:
             raise RoutingReplayError(f"replay mask {tuple(mask.shape)} does not match ids {tuple(ids.shape)}")
+        self._check_ids(ids)
         self._enter("replay")
-        self._ids = ids.long()
+        self._ids = ids  # compact (uint8 / int16) as stored; each layer widens only its own slice
         self._mask = mask.bool() if mask is not None else None
+        self._on_device = {}
         self._counts = {}
         self._on_forward = on_forward
         try:
             yield
         finally:
             self._mode, self._ids, self._mask, self._on_forward = None, None, None, None
+            self._on_device = {}
 
     def counts(self, where: Optional[torch.Tensor] = None) -> RoutingCounts:
         """Replayed and flipped (token, layer) pairs of the last replayed forward, over the
-        positions ``where`` (``[N]`` bool, default all)."""
-        replayed = flipped = 0
-        for mask, flips in self._counts.values():
-            if where is not None:
-                keep = where.to(mask.device).bool()
-                mask, flips = mask & keep, flips & keep
-            replayed += int(mask.sum())
-            flipped += int(flips.sum())
-        return RoutingCounts(replayed, flipped)
+        positions ``where`` (``[N]`` bool, default all). One read of the device for all layers."""
+        if not self._counts:
+            return RoutingCounts()
+        masks = torch.stack([mask for mask, _ in self._counts.values()])  # [layers, N]
+        flips = torch.stack([flips for _, flips in self._counts.values()])
+        if where is not None:
+            keep = where.to(masks.device).bool()
+            masks, flips = masks & keep, flips & keep
+        replayed, flipped = torch.stack([masks.sum(), flips.sum()]).tolist()
+        return RoutingCounts(int(replayed), int(flipped))
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        """Once per replayed micro-batch (not per layer): integer ids within 0..num_experts-1."""
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise RoutingReplayError(f"replayed expert ids must be integers, got {ids.dtype}")
+        if ids.numel():
+            low, high = torch.aminmax(ids)
+            if int(low) < 0 or int(high) >= self.num_experts:
+                raise RoutingReplayError(f"replayed expert ids must lie in 0..{self.num_experts - 1}")
+
+    def _replayed_on(self, device: torch.device):
+        """The replayed ids and mask on ``device``, copied there once per replay (not per layer)."""
+        if device not in self._on_device:
+            mask = self._mask.to(device) if self._mask is not None else None
+            self._on_device[device] = (self._ids.to(device, non_blocking=True), mask)
+        return self._on_device[device]
 
     def _enter(self, mode: str) -> None:
         if self._mode is not None:
@@ -276,17 +301,15 @@ class RoutingReplay:
         if self._mode == "record":
             self._recorded[layer] = own.detach().to(self.dtype)
             return None
-        ids = self._ids[:, layer].to(own.device)
-        if ids.shape[0] != own.shape[0]:
-            raise RoutingReplayError(f"replayed ids cover {ids.shape[0]} positions, MoE layer {layer} routes "
+        all_ids, mask = self._replayed_on(own.device)
+        if all_ids.shape[0] != own.shape[0]:
+            raise RoutingReplayError(f"replayed ids cover {all_ids.shape[0]} positions, MoE layer {layer} routes "
                                      f"{own.shape[0]}")
-        if self._mask is not None:
-            mask = self._mask.to(own.device)
+        ids = all_ids[:, layer].to(own.dtype)  # this layer's [N, k] only, in the router's index dtype
+        if mask is not None:
             ids = torch.where(mask.unsqueeze(-1), ids, own)
         else:
             mask = torch.ones(own.shape[0], dtype=torch.bool, device=own.device)
-        if ids.min() < 0 or ids.max() >= self.num_experts:
-            raise RoutingReplayError(f"replayed expert ids must lie in 0..{self.num_experts - 1}")
         flipped = (own.sort(dim=-1).values != ids.sort(dim=-1).values).any(dim=-1) & mask
         self._counts[layer] = (mask, flipped)
         if layer == self.num_layers - 1 and self._on_forward is not None:
