@@ -161,7 +161,8 @@ def main(argv=None):
     text = "\n".join(lines)
     result["misses"] = []
     result["summary"] = [f"bypass: experience step {result['ratio_median']:.3f}x [{result['ratio_min']:.3f}.."
-                         f"{result['ratio_max']:.3f}] of upstream's (actor forwards {counts['bypass']['actor_forwards']}"
+                         f"{result['ratio_max']:.3f}] of upstream's (actor forwards "
+                         f"{counts['bypass']['actor_forwards']}"
                          f" vs {counts['baseline']['actor_forwards']})"]
     print(text)
     os.makedirs(args.out, exist_ok=True)

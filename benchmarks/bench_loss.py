@@ -14,8 +14,13 @@ denominator alike:
 
 Every round times each pair back to back, in alternating order, and records the ratio of the
 two times; the table gives the median and the interquartile range of those per-round ratios,
-and marks a median above its target with MISS. The thread count is fixed (``--threads``), and
-the load average is printed before and after. Peak memory (``--memory``) is the growth of the
+and marks a median above its target with MISS. Times are the process's CPU time (other jobs on a
+shared machine do not count); the thread count is fixed (``--threads``), and the load average is
+printed before and after. The methods are derived from the registry: every preset of every
+registered method, every registered correction without a preset, and the composable options
+(``methods``); methods with top-K divergences get K=20 top-K inputs. With the step statistics read
+(the metrics column), each call also computes every statistic and adds it to a status, as the
+training integration does after every micro-batch. Peak memory (``--memory``) is the growth of the
 process's resident set during one forward+backward (Linux ``VmHWM`` after resetting it through
 ``/proc/self/clear_refs``), with glibc forced to ``mmap`` every large block so freed tensors
 leave the resident set at once. Results: Markdown on stdout and ``loss_bench.md`` / ``.csv``
@@ -46,6 +51,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 import peers  # noqa: E402
+from openrlhf_offpolicy.corrections.metrics import StepMetrics  # noqa: E402
 from openrlhf_offpolicy.models import PolicyLoss  # noqa: E402
 
 UPSTREAM_TARGET = 1.2
@@ -151,13 +157,14 @@ TOPK_INPUTS = ("rollout_topk_ids", "rollout_topk_log_probs", "topk_log_probs", "
 
 
 def ours_fn(module, read_metrics: bool = False):
-    """Forward of our module; with ``read_metrics`` the lazily computed diagnostics are read too."""
+    """Forward of our module; with ``read_metrics`` the step statistics are also computed and added to a
+    status as the training integration does after every micro-batch (``StepMetrics.add``)."""
     names = OURS + (TOPK_INPUTS if getattr(getattr(module, "config", None), "needs_topk", False) else ())
 
     def run(inputs):
         loss = module(**{k: inputs[k] for k in names})[0]
         if read_metrics:
-            module.metrics  # noqa: B018 (evaluates the diagnostics, as the integration does every call)
+            StepMetrics().add(module.statistics, {"metrics": {}, "weights": {}}, inputs["log_probs"].shape[0])
         return loss
 
     return run
@@ -171,9 +178,10 @@ def run_once(fn, inputs):
 
 
 def timed(fn, inputs) -> float:
-    start = time.perf_counter()
+    """CPU time of this process: with a fixed thread count, other jobs sharing the cores do not count."""
+    start = time.process_time()
     run_once(fn, inputs)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def _kib(field: str) -> int:
@@ -306,7 +314,8 @@ def main(argv=None):
               f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
               f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} on {os.cpu_count()} CPUs")
     lines = [header, "", "Time per method / time of openrlhf 0.11.2 PolicyLoss token TIS, per round (our "
-             "diagnostics are computed when `metrics` is read; the last column includes reading them):", ""]
+             "step statistics are computed when first read; the metrics column includes computing them and adding "
+             "them to a status, as the training integration does after every micro-batch):", ""]
     def upstream_extra(row):
         q1, median, q3 = row["with_metrics"]
         mark = " **MISS**" if median > METRICS_TARGET else ""

@@ -156,6 +156,7 @@ def transport(args):
     loop.close()
 
     target_name = f"ours, flat log-probs, K={K}"
+    dict_path = statistics.median(per_token[f"per-token dict path, K={K} (before flat log-probs)"])
     lines = [f"## Transport on the engine actor: {A} generated tokens, K={K}", "",
              f"baseline: upstream 0.11.2 `SingleTurnAgentExecutor.execute` on vLLM's per-token dicts, logprobs=1: "
              f"{statistics.median(base_per_token):.3f} us per token (median)", "",
@@ -178,12 +179,11 @@ def transport(args):
     lines += ["", f"vLLM's own cost of building the container it returns (its output processor, same event loop), "
               f"K={K}: per-token dicts {build[False]:.2f} us per token, FlatLogprobs {build[True]:.2f} us per token.",
               f"Engine-side total per token at K={K}: dicts + per-token path "
-              f"{build[False] + statistics.median(per_token[f'per-token dict path, K={K} (before flat log-probs)']):.2f}"
+              f"{build[False] + dict_path:.2f}"
               f" us; flat + ours {build[True] + statistics.median(per_token[target_name]):.2f} us."]
     summary = [f"top-K transport K={K}: {statistics.median(per_token[target_name]):.3f} us/token, "
                f"{common.ratio_cell(ratios[target_name], RATIO_TARGET)} upstream's per-token extraction "
-               f"({statistics.median(base_per_token):.3f} us/token); per-token dict path "
-               f"{statistics.median(per_token[f'per-token dict path, K={K} (before flat log-probs)']):.2f} us/token"]
+               f"({statistics.median(base_per_token):.3f} us/token); per-token dict path {dict_path:.2f} us/token"]
     return lines, misses, summary
 
 

@@ -93,10 +93,10 @@ def correction_metrics(correction: Correction, batch: PolicyBatch) -> Dict[str, 
     rejected_per_seq = correction.rejected.sum(dim=-1)
     all_rejected = (rejected_per_seq >= batch.token_counts) & batch.has_tokens
     return {
-        "is/weight_mean": token_mean(coef, batch.mask),
+        "is/weight_mean": token_mean(coef, batch.mask, batch.token_total),
         "is/weight_max": maximum(coef, batch.on),
         "is/ess": effective_sample_size(coef, batch.mask),
-        "is/token_masked_frac": Mean(total=_f64(rejected_per_seq.sum()), count=_f64(batch.mask.sum())),
+        "is/token_masked_frac": Mean(total=_f64(rejected_per_seq.sum()), count=_f64(batch.token_total)),
         "is/seq_masked_frac": sequence_mean(all_rejected, batch.has_tokens),
     }
 
@@ -111,8 +111,8 @@ def clip_fraction(surrogate: Surrogate, batch: PolicyBatch) -> torch.Tensor:
 def clip_statistic(clipped: Optional[torch.Tensor], batch: PolicyBatch) -> Statistic:
     """``ppo_clip_ratio`` as a step statistic (``clipped`` is ``Surrogate.clipped``; None: never clips)."""
     if clipped is None:
-        return Mean(total=torch.zeros((), dtype=torch.float64), count=_f64(batch.mask.sum()))
-    return token_mean(clipped & batch.on, batch.mask)
+        return Mean(total=torch.zeros((), dtype=torch.float64), count=_f64(batch.token_total))
+    return token_mean(clipped & batch.on, batch.mask, batch.token_total)
 
 
 def filter_ratio(correction: Correction, batch: PolicyBatch) -> Statistic:
@@ -123,4 +123,4 @@ def filter_ratio(correction: Correction, batch: PolicyBatch) -> Statistic:
     """
     if correction.filtered.dim() == 1:
         return sequence_mean(correction.filtered & batch.has_tokens, batch.has_tokens)
-    return token_mean(correction.filtered & batch.on, batch.mask)
+    return token_mean(correction.filtered & batch.on, batch.mask, batch.token_total)

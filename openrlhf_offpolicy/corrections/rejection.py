@@ -221,7 +221,7 @@ def apply_rejection(correction: Correction, batch: PolicyBatch, criteria: Sequen
             kept = broadcast_seq(kept, batch.mask)
         keep = keep & kept
     rejected_here = batch.on & ~keep
-    metrics["rejection/masked_frac"] = lambda: token_mean(rejected_here, batch.mask)
+    metrics["rejection/masked_frac"] = lambda: token_mean(rejected_here, batch.mask, batch.token_total)
     coef = torch.where(keep, correction.coef, torch.zeros_like(correction.coef))
     return replace(correction, coef=coef, rejected=correction.rejected | rejected_here,
                    metrics={**correction.metrics, **metrics})
@@ -231,4 +231,4 @@ def _masked_frac(kept: torch.Tensor, per_sequence: bool, batch: PolicyBatch) -> 
     """The criterion's rejection rate, read lazily: a sequence mean, or a token mean."""
     if per_sequence:
         return lambda: sequence_mean(~kept & batch.has_tokens, batch.has_tokens)
-    return lambda: token_mean(~kept & batch.on, batch.mask)
+    return lambda: token_mean(~kept & batch.on, batch.mask, batch.token_total)

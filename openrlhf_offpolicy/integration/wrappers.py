@@ -68,8 +68,9 @@ def ppo_train(original, settings: OffPolicySettings):
         metrics.reset()
         status = original(self, *args, **kwargs)
         maxima = metrics.local_maxima()
-        if maxima:
-            maxima = self.strategy.all_reduce(maxima, op="max")
+        if maxima:  # one collective for all of them (a dict would take one per metric)
+            reduced = self.strategy.all_reduce(torch.tensor(list(maxima.values()), dtype=torch.float64), op="max")
+            maxima = dict(zip(maxima, torch.as_tensor(reduced).tolist()))
         return metrics.finalize(status, maxima)
 
     return wrapped

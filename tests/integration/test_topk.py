@@ -24,7 +24,13 @@ from vllm.outputs import CompletionOutput, RequestOutput
 from openrlhf_offpolicy.integration import patches
 from openrlhf_offpolicy.integration.settings import OffPolicySettings
 from openrlhf_offpolicy.corrections.topk import LOG_PROB_FLOOR
-from openrlhf_offpolicy.integration.topk import EMPTY_ID, MaxLogprobsActor, _flat_rollout_arrays, rollout_arrays, topk_rows
+from openrlhf_offpolicy.integration.topk import (
+    EMPTY_ID,
+    MaxLogprobsActor,
+    _flat_rollout_arrays,
+    rollout_arrays,
+    topk_rows,
+)
 
 K = 3
 
