@@ -104,10 +104,9 @@ def main(argv=None):
             forward(hooked)
         controller.recorded()
 
-    def replay_forward():
-        with controller.replay(noisy):
+    def replay_forward():  # r3's old-log-prob forward: nobody reads its flip counts
+        with controller.replay(noisy, count_flips=False):
             forward(hooked)
-        controller.counts()
 
     def replay_train():
         with controller.replay(noisy):

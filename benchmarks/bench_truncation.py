@@ -1,6 +1,6 @@
 """Benchmark: backward memory and time of ``--match_rollout_sampling``'s truncated log-probs.
 
-    python benchmarks/bench_truncation.py [--length 512 --vocab 151936 --rounds 3]
+    python benchmarks/bench_truncation.py [--length 256 --vocab 151936 --rounds 3]
 
 The trainer's log-prob kernel (``models.logprobs.log_probs_with_topk``) on float32 logits that
 require a gradient, as the actor's lm-head output does: forward, then backward of the summed label
@@ -43,7 +43,7 @@ CASES = {
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--length", type=int, default=512, help="positions (batch x sequence) of one micro-batch")
+    parser.add_argument("--length", type=int, default=256, help="positions (batch x sequence) of one micro-batch")
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)

@@ -276,7 +276,7 @@ def with_routing_actor_forward(forward):
         if request["routed"] is None:
             raise RoutingReplayError("--routing_replay r3: the old-log-prob forward received no routed experts")
         rows, mask = replay_rows(request["routed"], attention_mask, packed)
-        with controller.replay(rows, mask):
+        with controller.replay(rows, mask, count_flips=False):  # nobody reads this forward's flip counts
             return forward(self, sequences, action_mask, attention_mask, *args, **kwargs)
 
     return wrapped

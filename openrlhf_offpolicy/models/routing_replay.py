@@ -200,6 +200,7 @@ class RoutingReplay:
         self._recorded: Dict[int, torch.Tensor] = {}
         self._counts: Dict[int, tuple] = {}  # layer -> (replayed [N] bool, flipped [N] bool)
         self._on_device: Dict[torch.device, tuple] = {}  # the replayed (ids, mask), copied once per device
+        self._count_flips = True
         self._on_forward: Optional[Callable] = None
         self._handles = [r.register_forward_hook(self._hook) for r in self.routers]
 
@@ -235,11 +236,14 @@ class RoutingReplay:
 
     @contextlib.contextmanager
     def replay(self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None,
-               on_forward: Optional[Callable[["RoutingReplay"], None]] = None) -> Iterator[None]:
+               on_forward: Optional[Callable[["RoutingReplay"], None]] = None,
+               count_flips: bool = True) -> Iterator[None]:
         """Route the positions of ``mask`` (``[N]`` bool, default all) through ``ids`` ``[N, L, k]``.
 
         ``on_forward(self)`` is called each time the last MoE layer has routed (after every forward,
-        and again after a gradient-checkpointing recomputation, with the same counts)."""
+        and again after a gradient-checkpointing recomputation, with the same counts).
+        ``count_flips=False`` skips the flip counting (``counts`` then reports nothing): a forward
+        whose counts nobody reads (the old-log-prob forward) does not pay for them."""
         if ids.dim() != 3 or ids.shape[1:] != (self.num_layers, self.top_k):
             raise RoutingReplayError(f"replayed ids have shape {tuple(ids.shape)}, the model needs "
                                      f"[tokens, {self.num_layers}, {self.top_k}]")
@@ -252,6 +256,7 @@ class RoutingReplay:
         self._on_device = {}
         self._counts = {}
         self._on_forward = on_forward
+        self._count_flips = count_flips
         try:
             yield
         finally:
@@ -310,8 +315,9 @@ class RoutingReplay:
             ids = torch.where(mask.unsqueeze(-1), ids, own)
         else:
             mask = torch.ones(own.shape[0], dtype=torch.bool, device=own.device)
-        flipped = (own.sort(dim=-1).values != ids.sort(dim=-1).values).any(dim=-1) & mask
-        self._counts[layer] = (mask, flipped)
+        if self._count_flips:
+            flipped = (own.sort(dim=-1).values != ids.sort(dim=-1).values).any(dim=-1) & mask
+            self._counts[layer] = (mask, flipped)
         if layer == self.num_layers - 1 and self._on_forward is not None:
             self._on_forward(self)
         weights = GATE_RULES[type(router).__name__](router, logits, ids)

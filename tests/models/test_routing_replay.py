@@ -337,3 +337,18 @@ def test_compact_replayed_ids_route_and_count_exactly_like_int64_ids(dtype):
         with torch.no_grad(), replay.replay(rows, where):
             results.append((token_log_probs(model, ids, mask), replay.counts()))
     assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
+
+
+def test_a_replay_without_flip_counting_routes_identically_and_counts_nothing():
+    model = tiny_moe("qwen3_moe")
+    ids, mask = batch(seed=7)
+    replay = RoutingReplay.attach(model)
+    with torch.no_grad(), replay.record():
+        token_log_probs(model, ids, mask)
+    forced = (replay.recorded().long() + 1) % replay.num_experts
+    out = []
+    for count in (True, False):
+        with torch.no_grad(), replay.replay(forced, count_flips=count):
+            out.append(token_log_probs(model, ids, mask))
+        counts = replay.counts()
+    assert torch.equal(out[0], out[1]) and counts.replayed_pairs == counts.flipped_pairs == 0
