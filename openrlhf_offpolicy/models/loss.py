@@ -25,7 +25,14 @@ from ..corrections.batch import make_policy_batch
 from ..corrections.config import UPSTREAM_GATES, correction_choices
 from ..corrections.normalize import batch_normalize
 from ..corrections.rejection import apply_rejection
-from ..corrections.diagnostics import clip_fraction, clip_statistic, correction_metrics, filter_ratio, mismatch_metrics
+from ..corrections.diagnostics import (
+    clip_fraction,
+    clip_statistic,
+    clipped_count,
+    correction_metrics,
+    filter_ratio,
+    mismatch_metrics,
+)
 from ..corrections.metrics import Mean, Statistic, as_statistic, masked_total, token_mean
 
 
@@ -180,11 +187,13 @@ class PolicyLoss(nn.Module):
 
         # Upstream's four statistics now; every other diagnostic when ``metrics`` is first read.
         with torch.no_grad():
-            clip_ratio = clip_fraction(surrogate, batch)
+            clipped = clipped_count(surrogate.clipped, batch)
+            clip_ratio = clip_fraction(surrogate, batch, clipped)
             kl_total = masked_total(batch.raw_log_ratio.detach(), batch.mask)
             ppo_kl = -kl_total / batch.n_tokens
             # reductions made here are kept as statistics (the lazy statistics do not make them again)
-            done = {"ppo_kl": Mean(total=-kl_total, count=batch.token_total)}  # -(a - b) == b - a exactly
+            done = {"ppo_kl": Mean(total=-kl_total, count=batch.token_total),  # -(a - b) == b - a exactly
+                    "ppo_clip_ratio": clip_statistic(surrogate.clipped, batch, clipped)}
             vllm_kl = is_filter_ratio = None
             if self.config.correction_enabled:
                 vllm_kl = -batch.log_rho.sum() / batch.n_tokens  # mean(log pi_roll - log pi_old), = mismatch/k1
@@ -220,7 +229,7 @@ class PolicyLoss(nn.Module):
     def _compute_statistics(self, batch, clipped, surrogate_metrics, correction, nonfinite,
                             action_mask, done) -> Dict[str, Statistic]:
         stats = {
-            "ppo_clip_ratio": clip_statistic(clipped, batch),
+            "ppo_clip_ratio": done["ppo_clip_ratio"],
             "ppo_kl": done["ppo_kl"],
             "loss/nonfinite_frac": Mean(total=torch.tensor(float(nonfinite)), count=action_mask.sum()),
         }
