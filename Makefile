@@ -1,8 +1,8 @@
 # make test   create .venv, install the project with every test dependency, run the suite
 # make lab    run the CPU lab (estimator bench + mismatch lab) on its defaults -> lab_results/
-# make bench  loss (vs upstream OpenRLHF 0.11.2 TIS, verl 0.9.1, TRL 1.16.0), top-K, MoE routing-replay,
-#             truncated log-prob memory
-#             benchmarks -> bench_results/
+# make bench  every benchmark: loss (every preset vs upstream OpenRLHF 0.11.2 TIS; verl 0.9.1, TRL 1.16.0),
+#             top-K and routing transport, routing replay, --match_rollout_sampling memory, bypass
+#             -> bench_results/ (summary.md)
 # make lab-async  staleness sweep + rollout precision comparison (async lab) -> lab_results/async/
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -51,12 +51,9 @@ $(PEERS_DIR)/.installed: $(VENV)/.test
 	$(PIP) install -q --no-deps --ignore-requires-python --target $(PEERS_DIR) skyrl==0.4.0 areal==1.0.4
 	touch $@
 
+# Every benchmark, each in its own process (benchmarks/run_all.py), summary -> bench_results/summary.md
 bench: $(VENV)/.test $(PEERS_DIR)/.installed
-	$(PY) benchmarks/bench_loss.py --out bench_results
-	$(PY) benchmarks/bench_topk.py --out bench_results
-	$(PY) benchmarks/bench_routing.py --out bench_results
-	$(PY) benchmarks/bench_bypass.py --out bench_results
-	$(PY) benchmarks/bench_truncation_memory.py --out bench_results
+	$(PY) benchmarks/run_all.py --out bench_results
 
 clean:
 	rm -rf $(VENV) lab_results bench_results

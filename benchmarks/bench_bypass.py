@@ -27,11 +27,14 @@ import sys
 import time
 from types import SimpleNamespace
 
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.join(HERE, "..")
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
 if importlib.util.find_spec("flash_attn") is None:
     sys.path.insert(0, os.path.join(REPO, "tests", "stubs"))
 
+import common  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -85,6 +88,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args(argv)
+    load_before = common.load_average()
 
     import ray
     from openrlhf.models import Actor
@@ -153,7 +157,13 @@ def main(argv=None):
                      f"{result[f'{mode}_s_median']:.3f} |")
     lines.append(f"\nbypass / baseline wall time: {result['ratio_median']:.3f} "
                  f"[{result['ratio_min']:.3f}..{result['ratio_max']:.3f}] (median [min..max] over rounds)")
+    lines.insert(0, f"load average before {load_before}, after {common.load_average()}\n")
     text = "\n".join(lines)
+    result["misses"] = []
+    result["summary"] = [f"bypass: experience step {result['ratio_median']:.3f}x [{result['ratio_min']:.3f}.."
+                         f"{result['ratio_max']:.3f}] of upstream's (actor forwards "
+                         f"{counts['bypass']['actor_forwards']}"
+                         f" vs {counts['baseline']['actor_forwards']})"]
     print(text)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_bypass.json"), "w") as f:

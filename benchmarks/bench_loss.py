@@ -14,8 +14,13 @@ denominator alike:
 
 Every round times each pair back to back, in alternating order, and records the ratio of the
 two times; the table gives the median and the interquartile range of those per-round ratios,
-and marks a median above its target with MISS. The thread count is fixed (``--threads``), and
-the load average is printed before and after. Peak memory (``--memory``) is the growth of the
+and marks a median above its target with MISS. Times are the process's CPU time (other jobs on a
+shared machine do not count); the thread count is fixed (``--threads``), and the load average is
+printed before and after. The methods are derived from the registry: every preset of every
+registered method, every registered correction without a preset, and the composable options
+(``methods``); methods with top-K divergences get K=20 top-K inputs. With the step statistics read
+(the metrics column), each call also computes every statistic and adds it to a status, as the
+training integration does after every micro-batch. Peak memory (``--memory``) is the growth of the
 process's resident set during one forward+backward (Linux ``VmHWM`` after resetting it through
 ``/proc/self/clear_refs``), with glibc forced to ``mmap`` every large block so freed tensors
 leave the resident set at once. Results: Markdown on stdout and ``loss_bench.md`` / ``.csv``
@@ -46,36 +51,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 import peers  # noqa: E402
+from openrlhf_offpolicy.corrections.metrics import StepMetrics  # noqa: E402
 from openrlhf_offpolicy.models import PolicyLoss  # noqa: E402
 
 UPSTREAM_TARGET = 1.2
+METRICS_TARGET = 1.25  # with every step statistic read, as the training integration does
 PEER_TARGET = 1.0
 BASELINE = "upstream tis"
-METHODS = {
-    BASELINE: dict(is_correction_level="token", is_correction_mode="clip"),
-    "ppo (no correction)": dict(),
-    "tis": dict(vllm_is_correction_type="tis"),
-    "icepop": dict(vllm_is_correction_type="icepop"),
-    "seq-mask-tis": dict(vllm_is_correction_type="seq-mask-tis"),
-    "reinforce_pro": dict(vllm_is_correction_type="reinforce_pro"),
-    "geo-mask": dict(vllm_is_correction_type="geo-mask"),
-    "seq-tis": dict(vllm_is_correction_type="seq-tis"),
-    "seq-mis": dict(vllm_is_correction_type="seq-mis"),
-    "trm (max k2)": dict(vllm_is_correction_type="trm"),
-    "trm (max k2 + mean k3)": dict(vllm_is_correction_type="trm", trm_max_delta=0.1, trm_avg_delta=0.002),
-    "trm (binary_kl, current)": dict(vllm_is_correction_type="trm", trm_divergence="binary_kl",
-                                     trm_reference="current", trm_max_delta=0.01),
-    "seq-binary-kl-mask": dict(vllm_is_correction_type="seq-binary-kl-mask", vllm_is_truncated_threshold=(0, 0.01)),
-    "gspo (rollout anchor)": dict(policy_loss_type="gspo", vllm_is_correction_type="tis"),
-    "gspo_token + tis": dict(policy_loss_type="gspo_token", vllm_is_correction_type="tis"),
-    "sapo + tis": dict(policy_loss_type="sapo", vllm_is_correction_type="tis"),
-    "cispo + tis": dict(policy_loss_type="cispo", vllm_is_correction_type="tis"),
-    "dppo binary_tv": dict(policy_loss_type="dppo"),
-    "dppo binary_kl": dict(policy_loss_type="dppo", dppo_divergence="binary_kl"),
-    "is_reshape sech2 + tis": dict(policy_loss_type="is_reshape", vllm_is_correction_type="tis"),
-    "is_reshape gaussian correctness + geo-mask": dict(
-        policy_loss_type="is_reshape", is_reshape_kernel="gaussian", is_reshape_gamma_mode="correctness",
-        is_reshape_gamma=0.5, vllm_is_correction_type="geo-mask"),
+TOPK = 20
+# Composable options on top of a method (not methods of their own, so they have no preset).
+FEATURES = {
     "tis + rejection seq_max_k2, token_k1": dict(vllm_is_correction_type="tis",
                                                 rejection=("seq_max_k2:0.05", "token_k1:0.5")),
     "tis + is_batch_normalize": dict(vllm_is_correction_type="tis", is_batch_normalize=True),
@@ -90,6 +75,23 @@ METHODS = {
     "topr + tis": dict(policy_loss_type="topr", vllm_is_correction_type="tis"),
     "a3po": dict(policy_loss_type="a3po"),
 }
+
+
+def methods():
+    """``{label: kwargs}``: upstream's TIS (the baseline), every preset of every registered method, every
+    registered correction without a preset, and the composable options."""
+    from openrlhf_offpolicy.corrections import CORRECTIONS
+    from openrlhf_offpolicy.presets import registered_presets
+
+    out = {BASELINE: dict(is_correction_level="token", is_correction_mode="clip")}
+    out.update({f"preset {name}": kwargs for name, kwargs in registered_presets().items()})
+    # the divergence gates take an upper bound only: delta 0.05
+    out.update({f"{entry.name} (delta 0.05)": dict(vllm_is_correction_type=entry.name,
+                                                   vllm_is_truncated_threshold=(0.0, 0.05))
+                for entry in CORRECTIONS if not entry.preset and entry.name != "none"})
+    out.update(FEATURES)
+    return out
+
 
 # (label, our PolicyLoss kwargs, peer, peer factory arguments): matching settings, checked equal below.
 PEER_PAIRS = [
@@ -124,12 +126,12 @@ def load_upstream_policy_loss():
 
 
 
-def make_module(name: str, upstream_cls):
-    kwargs = dict(METHODS[name])
+def make_module(name: str, upstream_cls, table):
+    kwargs = dict(table[name])
     if name == BASELINE:
         return upstream_cls(**kwargs)
     if "vllm_is_correction_type" in kwargs:
-        kwargs["enable_vllm_is_correction"] = True
+        kwargs.setdefault("enable_vllm_is_correction", True)
     return PolicyLoss(**kwargs)
 
 
@@ -146,24 +148,34 @@ def make_inputs(batch: int, length: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     old = -torch.rand(batch, length, generator=g) * 4 - 0.01
     lengths = torch.randint(length // 4, length + 1, (batch,), generator=g)
-    return {
+    inputs = {
         "log_probs": old + 0.02 * torch.randn(batch, length, generator=g),
         "old_log_probs": old,
         "rollout_log_probs": old + 0.05 * torch.randn(batch, length, generator=g),
         "advantages": torch.randn(batch, 1, generator=g).expand(batch, length).contiguous(),
         "action_mask": (torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)).float(),
     }
+    # the rollout's top-K (for the top-K divergences): K ids per token, log mu there, log pi_theta there
+    top = torch.log_softmax(torch.randn(batch, length, TOPK + 4, generator=g) * 2, -1)[..., :TOPK]
+    inputs.update(rollout_topk_ids=torch.randint(0, 151936, (batch, length, TOPK), generator=g, dtype=torch.int32),
+                  rollout_topk_log_probs=top, topk_log_probs=top + 0.02 * torch.randn(top.shape, generator=g),
+                  action_ids=torch.randint(0, 151936, (batch, length), generator=g))
+    return inputs
 
 
 OURS = ("log_probs", "old_log_probs", "advantages", "action_mask", "rollout_log_probs")
+TOPK_INPUTS = ("rollout_topk_ids", "rollout_topk_log_probs", "topk_log_probs", "action_ids")
 
 
 def ours_fn(module, read_metrics: bool = False):
-    """Forward of our module; with ``read_metrics`` the lazily computed diagnostics are read too."""
+    """Forward of our module; with ``read_metrics`` the step statistics are also computed and added to a
+    status as the training integration does after every micro-batch (``StepMetrics.add``)."""
+    names = OURS + (TOPK_INPUTS if getattr(getattr(module, "config", None), "needs_topk", False) else ())
+
     def run(inputs):
-        loss = module(**{k: inputs[k] for k in OURS})[0]
+        loss = module(**{k: inputs[k] for k in names})[0]
         if read_metrics:
-            module.metrics  # noqa: B018 (evaluates the diagnostics, as the integration does every call)
+            StepMetrics().add(module.statistics, {"metrics": {}, "weights": {}}, inputs["log_probs"].shape[0])
         return loss
 
     return run
@@ -177,9 +189,10 @@ def run_once(fn, inputs):
 
 
 def timed(fn, inputs) -> float:
-    start = time.perf_counter()
+    """CPU time of this process: with a fixed thread count, other jobs sharing the cores do not count."""
+    start = time.process_time()
     run_once(fn, inputs)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def _kib(field: str) -> int:
@@ -263,13 +276,15 @@ def main(argv=None):
 
     upstream_cls = load_upstream_policy_loss()
     inputs = make_inputs(args.batch, args.length)
-    selected = [n for n in METHODS if n != BASELINE and (args.only is None or re.search(args.only, n))]
-    baseline = ours_fn(make_module(BASELINE, upstream_cls))
-    upstream_pairs = [(name, ours_fn(make_module(name, upstream_cls)), baseline) for name in selected]
+    table = methods()
+    selected = [n for n in table if n != BASELINE and (args.only is None or re.search(args.only, n))]
+    baseline = ours_fn(make_module(BASELINE, upstream_cls, table))
+    upstream_pairs = [(name, ours_fn(make_module(name, upstream_cls, table)), baseline) for name in selected]
     ratios, times = paired_ratios(upstream_pairs, inputs, args.rounds, "vs upstream TIS")
     upstream_rows = ratio_rows(ratios, times, UPSTREAM_TARGET)
     # The same pairs with our diagnostics read after every call (what the training integration does).
-    full_pairs = [(name, ours_fn(make_module(name, upstream_cls), read_metrics=True), baseline) for name in selected]
+    full_pairs = [(name, ours_fn(make_module(name, upstream_cls, table), read_metrics=True), baseline)
+                  for name in selected]
     full_ratios, _ = paired_ratios(full_pairs, inputs, args.rounds, "vs upstream TIS, metrics read")
     for row in upstream_rows:
         row["with_metrics"] = quartiles(full_ratios[row["label"]])
@@ -310,26 +325,39 @@ def main(argv=None):
               f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
               f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} on {os.cpu_count()} CPUs")
     lines = [header, "", "Time per method / time of openrlhf 0.11.2 PolicyLoss token TIS, per round (our "
-             "diagnostics are computed when `metrics` is read; the last column includes reading them):", ""]
+             "step statistics are computed when first read; the metrics column includes computing them and adding "
+             "them to a status, as the training integration does after every micro-batch):", ""]
     def upstream_extra(row):
         q1, median, q3 = row["with_metrics"]
-        cell = f"{median:.2f}x ({q1:.2f}-{q3:.2f})"
+        mark = " **MISS**" if median > METRICS_TARGET else ""
+        cell = f"{median:.2f}x ({q1:.2f}-{q3:.2f}){mark}"
         return cell + (f" | {memory[row['label']]:.2f}x" if memory else "")
 
     lines += format_rows(upstream_rows, "method",
-                         " + metrics read: median (IQR) |" + (" memory / upstream |" if memory else ""),
+                         f" + metrics read: median (IQR), target <= {METRICS_TARGET}x |"
+                         + (" memory / upstream |" if memory else ""),
                          upstream_extra, extra_columns=2 if memory else 1)
     if peer_rows:
         lines += ["", "Time of our PolicyLoss / time of the peer's own function, same tensors, per round:", ""]
         lines += format_rows(peer_rows, "method vs peer")
     misses = [r["label"] for r in upstream_rows + peer_rows if r["miss"]]
+    misses += [f"{r['label']} (metrics read)" for r in upstream_rows if r["with_metrics"][1] > METRICS_TARGET]
     lines += [""] + [f"- {n}" for n in notes]
-    lines += ["", f"missed targets: {', '.join(misses) if misses else 'none'}"]
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "loss_bench.md"), "w") as f:
-        f.write(text + "\n")
+    summary = []
+    if upstream_rows:
+        plain = [r["median"] for r in upstream_rows]
+        read = [r["with_metrics"][1] for r in upstream_rows]
+        summary.append(f"loss vs upstream TIS over {len(upstream_rows)} methods (every preset): "
+                       f"{min(plain):.2f}-{max(plain):.2f}x, {sum(v <= UPSTREAM_TARGET for v in plain)} within "
+                       f"{UPSTREAM_TARGET}x; with metrics read {min(read):.2f}-{max(read):.2f}x, "
+                       f"{sum(v <= METRICS_TARGET for v in read)} within {METRICS_TARGET}x")
+    if peer_rows:
+        summary.append(f"loss vs peers (verl/TRL): {min(r['median'] for r in peer_rows):.2f}-"
+                       f"{max(r['median'] for r in peer_rows):.2f}x over {len(peer_rows)} pairs")
+    sys.path.insert(0, HERE)
+    import common
+
+    common.write_results(args.out, "loss_bench", "\n".join(lines), misses, summary)
     with open(os.path.join(args.out, "loss_bench.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["table", "method", "ours_ms", "ratio_median", "ratio_q1", "ratio_q3", "target", "miss"])

@@ -12,7 +12,8 @@ Both runs are ``models.logprobs.log_probs_with_topk`` on the same float32 ``[tok
     reset, glibc mmapping every large block), median and range over interleaved rounds;
   * time: median and range over the same rounds.
 Ratios are truncated / untruncated, in the same run. Results: Markdown on stdout and
-``truncation_memory.md`` under ``--out``.
+``truncation_memory.md`` / ``.json`` under ``--out`` (``run_all.py`` reads the JSON); a saved-bytes
+ratio above 1.1x is reported as a missed target.
 """
 
 from __future__ import annotations
@@ -24,19 +25,26 @@ import statistics
 import sys
 import time
 
-if os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, ".."))
+import common  # noqa: E402
+
+if not common.mmap_large_blocks():
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
     os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from openrlhf_offpolicy.models.logprobs import Truncation, log_probs_with_topk, saved_tensor_bytes  # noqa: E402
+
+SAVED_TARGET = 1.1  # truncated / untruncated bytes kept for backward
 
 
 def _kib(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+)", open("/proc/self/status").read()).group(1))
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1))
 
 
 def forward_backward(logits, labels, truncation):
@@ -72,6 +80,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args(argv)
+    before = common.load_average()
 
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(args.tokens, args.vocab, generator=g) * 2.5).bfloat16().float()
@@ -92,23 +101,27 @@ def main(argv=None):
             times[name].append(elapsed)
 
     base = list(runs)[0]
-    lines = [f"{args.tokens} tokens x {args.vocab} vocabulary, float32 logits "
+    lines = [f"load average before {before}, after {common.load_average()}", "",
+             f"{args.tokens} tokens x {args.vocab} vocabulary, float32 logits "
              f"({logits.numel() * 4 / 2**20:.0f} MiB), {torch.get_num_threads()} threads, "
              f"median [min, max] of {args.rounds} interleaved rounds", "",
              "| path | saved for backward MiB | saved ratio | peak fwd+bwd MiB | peak ratio | time ms | time ratio |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name in runs:
-        peak_ratio = [p / b for p, b in zip(peaks[name], peaks[base])]
+        peak_ratio = [p / max(b, 1) for p, b in zip(peaks[name], peaks[base])]
         time_ratio = [t / b for t, b in zip(times[name], times[base])]
         lines.append(f"| {name} | {saved[name] / 2**20:.1f} | {saved[name] / saved[base]:.3f}x | "
                      f"{spread(peaks[name], 2**-20)} | {spread(peak_ratio, fmt='{:.2f}')}x | "
                      f"{spread(times[name], 1e3)} | {spread(time_ratio, fmt='{:.2f}')}x |")
-    lines += ["", f"saved-bytes ratio (truncated / untruncated): {saved[list(runs)[1]] / saved[base]:.3f}"]
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "truncation_memory.md"), "w") as f:
-        f.write(text + "\n")
+    truncated = list(runs)[1]
+    saved_ratio = saved[truncated] / saved[base]
+    peak_ratio = [p / max(b, 1) for p, b in zip(peaks[truncated], peaks[base])]
+    lines += ["", f"saved-bytes ratio (truncated / untruncated): {saved_ratio:.3f}"]
+    misses = [f"--match_rollout_sampling {truncation}: saves {saved_ratio:.2f}x the untruncated path's bytes "
+              f"for backward > {SAVED_TARGET}x"] if saved_ratio > SAVED_TARGET else []
+    summary = [f"--match_rollout_sampling {truncation} at {args.tokens} tokens x {args.vocab}: saved for backward "
+               f"{saved_ratio:.2f}x, peak {spread(peak_ratio, fmt='{:.2f}')}x of the untruncated path"]
+    common.write_results(args.out, "truncation_memory", "\n".join(lines), misses, summary)
 
 
 if __name__ == "__main__":

@@ -144,9 +144,14 @@ class PolicyBatch:
         return self.mask.sum(dim=-1)
 
     @cached_property
+    def token_total(self) -> torch.Tensor:
+        """``mask.sum()``: the number of action tokens (0 when there are none), from the cached row sums."""
+        return self.token_counts.sum()
+
+    @cached_property
     def n_tokens(self) -> torch.Tensor:
         """Number of action tokens (at least 1, so it can divide)."""
-        return self.token_counts.sum().clamp(min=1.0)
+        return self.token_total.clamp(min=1.0)
 
     @cached_property
     def has_tokens(self) -> torch.Tensor:

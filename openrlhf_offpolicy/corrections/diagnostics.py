@@ -40,7 +40,7 @@ from typing import Dict, Optional, Tuple
 from ._torch import torch
 
 from .batch import Correction, PolicyBatch, Surrogate
-from .metrics import Mean, Statistic, effective_sample_size, masked_total, maximum, sequence_mean, token_mean
+from .metrics import EffectiveSampleSize, Mean, Statistic, effective_sample_size, masked_total, maximum, sequence_mean, token_mean
 from .divergences import BINARY_PROB_EPS
 from .stats import clamp_log_ratio
 
@@ -102,7 +102,7 @@ def mismatch_metrics(batch: PolicyBatch) -> Dict[str, Statistic]:
     else:
         worst_abs = seq_log_rho
     sum_sq = (rho_minus_1.reshape(-1) @ rho_minus_1.reshape(-1)) if log_rho.numel() else seq_log_rho.sum()
-    counts = mask.sum(dim=-1)
+    counts = batch.token_counts if batch.rollout_mask is None else mask.sum(dim=-1)
     has_tokens = counts > 0
     n = _f64(counts.sum())
     # A log-prob above 0 is invalid input; clamping keeps the probability difference finite.
@@ -151,30 +151,40 @@ def turn_statistics(batch: PolicyBatch, rho_minus_1: torch.Tensor, seq_k3: torch
 
 
 def correction_metrics(correction: Correction, batch: PolicyBatch) -> Dict[str, Statistic]:
-    coef = correction.coef
+    """``coef`` is 0 off the mask, so its plain sums are the masked sums (no mask product, no recount)."""
+    coef = correction.coef.detach()
     rejected_per_seq = correction.rejected.sum(dim=-1)
     all_rejected = (rejected_per_seq >= batch.token_counts) & batch.has_tokens
+    flat = coef.reshape(-1)
+    sum_w = flat.sum()
     return {
-        "is/weight_mean": token_mean(coef, batch.mask),
+        "is/weight_mean": Mean(total=sum_w, count=batch.token_total),
         "is/weight_max": maximum(coef, batch.on),
-        "is/ess": effective_sample_size(coef, batch.mask),
-        "is/token_masked_frac": Mean(total=_f64(rejected_per_seq.sum()), count=_f64(batch.mask.sum())),
+        "is/ess": EffectiveSampleSize(sum_w=sum_w, sum_w2=torch.dot(flat, flat) if flat.numel() else sum_w,
+                                      count=batch.token_total),
+        "is/token_masked_frac": Mean(total=_f64(rejected_per_seq.sum()), count=_f64(batch.token_total)),
         "is/seq_masked_frac": sequence_mean(all_rejected, batch.has_tokens),
     }
 
 
-def clip_fraction(surrogate: Surrogate, batch: PolicyBatch) -> torch.Tensor:
+def clipped_count(clipped: Optional[torch.Tensor], batch: PolicyBatch) -> Optional[torch.Tensor]:
+    """Action tokens the surrogate clipped (``clipped`` is ``Surrogate.clipped``; None: it never clips)."""
+    return None if clipped is None else (clipped & batch.on).sum()
+
+
+def clip_fraction(surrogate: Surrogate, batch: PolicyBatch, count: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Upstream's ``clip_ratio``: the fraction of action tokens the surrogate clipped (None: none)."""
     if surrogate.clipped is None:
         return torch.zeros((), dtype=batch.mask.dtype, device=batch.mask.device)
-    return (surrogate.clipped & batch.on).sum() / batch.n_tokens
+    return (clipped_count(surrogate.clipped, batch) if count is None else count) / batch.n_tokens
 
 
-def clip_statistic(clipped: Optional[torch.Tensor], batch: PolicyBatch) -> Statistic:
-    """``ppo_clip_ratio`` as a step statistic (``clipped`` is ``Surrogate.clipped``; None: never clips)."""
+def clip_statistic(clipped: Optional[torch.Tensor], batch: PolicyBatch,
+                   count: Optional[torch.Tensor] = None) -> Statistic:
+    """``ppo_clip_ratio`` as a step statistic; ``count`` is ``clipped_count`` when already made."""
     if clipped is None:
-        return Mean(total=torch.zeros((), dtype=torch.float64), count=_f64(batch.mask.sum()))
-    return token_mean(clipped & batch.on, batch.mask)
+        return Mean(total=torch.zeros((), dtype=torch.float64), count=_f64(batch.token_total))
+    return Mean(total=clipped_count(clipped, batch) if count is None else count, count=batch.token_total)
 
 
 def filter_ratio(correction: Correction, batch: PolicyBatch) -> Statistic:
@@ -185,4 +195,4 @@ def filter_ratio(correction: Correction, batch: PolicyBatch) -> Statistic:
     """
     if correction.filtered.dim() == 1:
         return sequence_mean(correction.filtered & batch.has_tokens, batch.has_tokens)
-    return token_mean(correction.filtered & batch.on, batch.mask)
+    return Mean(total=(correction.filtered & batch.on).sum(), count=batch.token_total)

@@ -84,7 +84,7 @@ def no_clipping(batch) -> None:
 
 def token_mean(x: torch.Tensor, batch) -> Mean:
     """A diagnostic's mean over the batch's valid action tokens, exact over a training step."""
-    return metrics.token_mean(x, batch.mask)
+    return metrics.token_mean(x, batch.mask, batch.token_total)
 
 
 def lazy_token_mean(x: torch.Tensor, batch) -> Callable[[], Mean]:

@@ -136,9 +136,11 @@ def masked_total(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.dot(x.reshape(-1), m.reshape(-1)) if x.numel() else x.sum()
 
 
-def token_mean(x: torch.Tensor, mask: torch.Tensor) -> Mean:
-    """Mean of ``x`` over the tokens where ``mask`` is 1 (reduced in x's dtype, parts kept in float64)."""
-    return Mean(total=masked_total(x, mask), count=mask.detach().sum())
+def token_mean(x: torch.Tensor, mask: torch.Tensor, count: Optional[torch.Tensor] = None) -> Mean:
+    """Mean of ``x`` over the tokens where ``mask`` is 1 (reduced in x's dtype, parts kept in float64).
+
+    ``count`` is ``mask.sum()`` when the caller already has it (one pass fewer per statistic)."""
+    return Mean(total=masked_total(x, mask), count=mask.detach().sum() if count is None else count.detach())
 
 
 def sequence_mean(values: torch.Tensor, valid: torch.Tensor) -> Mean:
@@ -208,21 +210,27 @@ class StepMetrics:
         self.maxima.clear()
 
     def add(self, statistics: Mapping[str, Statistic], status: dict, num_samples: int) -> None:
+        """One micro-batch: its sum fields stacked, scaled and cast together (one tensor for all of them,
+        written to the status as views), its max fields read from the device once."""
         metrics, weights = status["metrics"], status["weights"]
         scale = 1.0 / max(int(num_samples), 1)
+        sums, maxima = {}, {}
         for name, stat in statistics.items():
             known = self.kinds.setdefault(name, type(stat))
             if known is not type(stat):
                 raise TypeError(f"metric {name!r} changed kind within a step: {known.__name__} -> "
                                 f"{type(stat).__name__}")
             parts = stat.parts()
-            for field in stat.SUMS:
-                key = hidden_key(name, field)
-                metrics[key] = (parts[field] * scale).to(torch.float32).reshape(1)
+            sums.update({hidden_key(name, field): parts[field] for field in stat.SUMS})
+            maxima.update({hidden_key(name, field): parts[field] for field in stat.MAXIMA})
+        if sums:
+            values = _stack(sums.values()).mul_(scale).to(torch.float32)
+            for i, key in enumerate(sums):
+                metrics[key] = values[i:i + 1]
                 weights[key] = "sample"
-            for field in stat.MAXIMA:
-                key = hidden_key(name, field)
-                self.maxima[key] = max(self.maxima.get(key, float("-inf")), float(parts[field]))
+        if maxima:
+            for key, value in zip(maxima, _stack(maxima.values()).tolist()):
+                self.maxima[key] = max(self.maxima.get(key, float("-inf")), value)
 
     def local_maxima(self) -> Dict[str, float]:
         return dict(sorted(self.maxima.items()))
@@ -242,6 +250,13 @@ class StepMetrics:
                 parts[field] = maxima.get(hidden_key(name, field), float("-inf"))
             out[name] = numeric(kind.from_parts(parts).value())
         return out
+
+
+def _stack(parts: Iterable[torch.Tensor]) -> torch.Tensor:
+    """0-d float64 parts -> one 1-d tensor, on the device of the first (a few parts are host scalars)."""
+    parts = list(parts)
+    device = parts[0].device
+    return torch.stack([p if p.device == device else p.to(device) for p in parts])
 
 
 def reductions() -> Dict[str, str]:

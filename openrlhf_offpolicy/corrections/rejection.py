@@ -282,7 +282,7 @@ def apply_rejection(correction: Correction, batch: PolicyBatch, criteria: Sequen
             kept = broadcast_seq(kept, batch.mask)
         keep = keep & kept
     rejected_here = batch.on & ~keep
-    metrics["rejection/masked_frac"] = partial(token_mean, rejected_here, batch.mask)
+    metrics["rejection/masked_frac"] = partial(token_mean, rejected_here, batch.mask, batch.token_total)
     coef = torch.where(keep, correction.coef, torch.zeros_like(correction.coef))
     return replace(correction, coef=coef, rejected=correction.rejected | rejected_here,
                    metrics={**correction.metrics, **metrics})
@@ -306,4 +306,4 @@ def _segment_rejected(kept: torch.Tensor, batch: PolicyBatch) -> Mean:
 
 
 def _token_rejected(kept: torch.Tensor, batch: PolicyBatch) -> Mean:
-    return token_mean(~kept & batch.on, batch.mask)
+    return token_mean(~kept & batch.on, batch.mask, batch.token_total)

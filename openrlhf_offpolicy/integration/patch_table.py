@@ -129,8 +129,9 @@ PATCHES: List[Patch] = [
     *[Patch(module, "remove_padding_in_sequences", _factory("topk:remove_padding"), when=time_last_fields,
             why="trim the time-last step fields too (top-K, routed experts)")
       for module in ("openrlhf.trainer.ppo_utils.experience", "openrlhf.trainer.ppo_utils.replay_buffer")],
-    Patch("openrlhf.utils.agent", "SingleTurnAgentExecutor.execute", _factory("topk:execute"), when=topk_on,
-          why="convert vLLM's per-token top-K dicts into ids and log-probs"),
+    Patch("openrlhf.utils.agent", "SingleTurnAgentExecutor.execute", _factory("topk:execute"),
+          why="the sampled token's log-prob (and the top-K ids and log-probs) from vLLM's flat log-probs by "
+              "array slicing, not per-token dict lookups; a pass-through when no log-probs are requested"),
     Patch("openrlhf.trainer.ppo_utils.samples_generator", "SamplesGenerator._process_response_into_experience",
           _factory("topk:process_response"), when=topk_on, why="the experience carries the top-K fields"),
     Patch("openrlhf.trainer.ray.vllm_engine", "RolloutRayActor", _factory("topk:rollout_actor"), when=topk_on,

@@ -114,8 +114,9 @@ def experience_field(routed, truncate_length: int) -> torch.Tensor:
     stored as int16 (torch has no general uint16). Checked once per sample (``check_routed_rows``).
     """
     array = check_routed_rows(routed)
-    dtype = torch.uint8 if array.dtype == np.uint8 else torch.int16
-    rows = torch.from_numpy(array.astype(np.int64)).to(dtype)
+    if array.dtype != np.uint8:  # range checked: int16 directly (never through int64)
+        array = array.astype(np.int16)
+    rows = torch.from_numpy(array if array.flags.writeable else array.copy())  # Ray hands out read-only arrays
     rows = torch.cat([rows, rows.new_zeros((1, *rows.shape[1:]))])[:truncate_length]
     return rows.permute(1, 2, 0).unsqueeze(0).contiguous()
 
@@ -307,7 +308,8 @@ def with_routing_actor_forward(forward):
         if request["routed"] is None:
             raise RoutingReplayError("--routing_replay r3: the old-log-prob forward received no routed experts")
         rows, mask = replay_rows(request["routed"], attention_mask, packed)
-        with controller.replay(rows, mask, locate=RowLocator(attention_mask, packed)):
+        # nobody reads this forward's flip counts
+        with controller.replay(rows, mask, locate=RowLocator(attention_mask, packed), count_flips=False):
             return forward(self, sequences, action_mask, attention_mask, *args, **kwargs)
 
     return wrapped

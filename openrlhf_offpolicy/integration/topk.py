@@ -5,8 +5,13 @@ Path of the data, and what is patched on it (the ``topk_on`` entries of ``patch_
   1. vLLM engines are created with ``max_logprobs >= K`` and sampled with ``logprobs=K``
      (``patches``): every generated token comes with its top-K log-probs under the processed
      (temperature-scaled) distribution, plus the sampled token's own.
-  2. ``SingleTurnAgentExecutor.execute``: the engine's ``RequestOutput`` is converted to K ids and
-     log-probs per observation token (``topk_rows``; prompt positions get empty slots).
+  2. ``SingleTurnAgentExecutor.execute``: the engine's ``RequestOutput`` is converted to the sampled
+     token's log-prob and K ids and log-probs per observation token (``rollout_arrays``; prompt
+     positions get empty slots). The rollout asks vLLM for ``flat_logprobs`` (``wrappers.sampling_params``):
+     flat lists of ids and log-probs, ``[sampled, top-1 .. top-K]`` per token, which are converted with
+     array slicing, with no per-token Python object on the engine actor's event loop; vLLM's per-token
+     dicts (an engine without flat log-probs) take the per-token path (``topk_rows``). The top-K
+     fields travel as numpy arrays (``[n_obs, K]`` int32 / float32).
   3. ``SamplesGenerator._process_response_into_experience``: they become the experience fields
      ``rollout_topk_ids`` (int32) and ``rollout_topk_log_probs`` (float32), aligned with
      ``rollout_log_probs`` through the same truncation. Upstream's ``Experience`` is replaced by
@@ -23,12 +28,15 @@ Multi-turn agent executors carry no top-K data; the CLI rejects that combination
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import numbers
+from array import array
 from dataclasses import dataclass, fields
 from typing import Any, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from openrlhf.trainer.ppo_utils.experience import Experience, tensor_field
 
@@ -48,23 +56,26 @@ class TopKExperience(Experience):
 
 
 def topk_rows(token_logprobs: Sequence[Any], k: int) -> Tuple[List[List[int]], List[List[float]]]:
-    """vLLM's per-token ``{token_id: Logprob}`` -> K ids and log-probs per generated token.
+    """vLLM's per-token ``{token_id: Logprob}`` -> K ids and log-probs per generated token (the
+    per-token path, for engines that return dicts).
 
     vLLM returns the top-K entries (rank 1..K) and, when the sampled token is not among them, that
-    token too (rank > K): it is left out here (``rollout_log_probs`` carries it). Fewer than K
-    entries leave empty slots (id -1); -inf log-probs (tokens filtered by top-k/top-p) are floored.
-    A NaN log-prob stays NaN: the loss drops and counts its token (``corrections.batch.make_topk``)
-    instead of reading it as a valid probability-0 slot.
+    token too (rank > K): it is left out here (``rollout_log_probs`` carries it). The entries are in
+    rank order (vLLM's, as in its flat log-probs); without ranks, the K most likely (ties by id).
+    Fewer than K entries leave empty slots (id -1); -inf log-probs (tokens filtered by top-k/top-p)
+    are floored. A NaN log-prob stays NaN: the loss drops and counts its token
+    (``corrections.batch.make_topk``) instead of reading it as a valid probability-0 slot.
     """
     ids, lps = [], []
     for entries in token_logprobs:
         items = list(entries.items()) if entries is not None else []
-        ranked = [(tid, lp) for tid, lp in items if getattr(lp, "rank", None) is not None and lp.rank <= k]
+        ranked = [(lp.rank, tid, lp) for tid, lp in items if getattr(lp, "rank", None) is not None and lp.rank <= k]
         if len(ranked) < min(k, len(items)):  # ranks missing: take the K most likely
-            ranked = sorted(items, key=lambda item: (-_value(item[1]), item[0]))[:k]
-        ranked = sorted(ranked, key=lambda item: (-_value(item[1]), item[0]))[:k]
-        row_ids = [int(tid) for tid, _ in ranked]
-        row_lps = [_stored(lp) for _, lp in ranked]
+            ranked = [(i, tid, lp) for i, (tid, lp) in
+                      enumerate(sorted(items, key=lambda item: (-_value(item[1]), item[0])))]
+        ranked = sorted(ranked, key=lambda item: item[:2])[:k]
+        row_ids = [int(tid) for _, tid, _ in ranked]
+        row_lps = [_stored(lp) for _, _, lp in ranked]
         ids.append(row_ids + [EMPTY_ID] * (k - len(row_ids)))
         lps.append(row_lps + [0.0] * (k - len(row_lps)))
     return ids, lps
@@ -99,6 +110,86 @@ def check_topk_rows(ids: Sequence[Sequence[int]], log_probs: Sequence[Sequence[f
                                  f"or {EMPTY_ID} for an empty slot)")
 
 
+def check_topk_arrays(ids: np.ndarray, log_probs: np.ndarray, k: int) -> None:
+    """``check_topk_rows`` for the arrays ``with_rollout_arrays`` builds, vectorised (no per-id loop)."""
+    if ids.ndim != 2 or ids.shape[1] != k or log_probs.shape != ids.shape:
+        raise ValueError(f"top-K rows have ids {tuple(ids.shape)} and log-probs {tuple(log_probs.shape)}, "
+                         f"expected [tokens, K = {k}]")
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"top-K token ids must be integers, got {ids.dtype}")
+    bad = (ids < EMPTY_ID) | (ids > INT32_MAX)
+    if ids.size and bad.any():
+        t, slot = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"top-K row {t}: token id {int(ids[t, slot])} is not an id (an integer in 0..{INT32_MAX}, "
+                         f"or {EMPTY_ID} for an empty slot)")
+
+
+@dataclass
+class RolloutArrays:
+    """One generation's rollout log-probs: ``sampled`` ``[A]`` float32 (log mu of each generated
+    token), and with K > 0 ``topk_ids`` ``[A, K]`` int32 (-1 = empty slot) / ``topk_log_probs``
+    ``[A, K]`` float32 (floored)."""
+
+    sampled: np.ndarray
+    topk_ids: Optional[np.ndarray] = None
+    topk_log_probs: Optional[np.ndarray] = None
+
+
+def rollout_arrays(logprobs, token_ids: Sequence[int], k: int) -> RolloutArrays:
+    """vLLM's ``CompletionOutput.logprobs`` -> ``RolloutArrays`` (flat arrays or per-token dicts).
+
+    Sampled log-probs follow upstream's extraction (the generated token's entry, 0.0 when it is
+    absent); top-K rows follow ``topk_rows``. ``FlatLogprobs`` laid out as vLLM 0.29 writes them,
+    ``[sampled, rank 1, .., rank n]`` per position with the same n everywhere, is converted by
+    slicing; anything else (dicts, a different layout) goes through the per-token path.
+    """
+    arrays = _flat_rollout_arrays(logprobs, token_ids, k) if hasattr(logprobs, "start_indices") else None
+    if arrays is not None:
+        return arrays
+    positions = list(logprobs)
+    sampled = []
+    for token, entries in zip(token_ids, positions):  # upstream's own extraction
+        entry = entries.get(token) if entries is not None else None
+        sampled.append(entry.logprob if entry is not None else 0.0)
+    arrays = RolloutArrays(np.asarray(sampled, dtype=np.float32))
+    if k:
+        ids, lps = topk_rows(positions[: len(sampled)], k)
+        arrays.topk_ids = np.asarray(ids, dtype=np.int32).reshape(-1, k)
+        arrays.topk_log_probs = np.asarray(lps, dtype=np.float32).reshape(-1, k)
+    return arrays
+
+
+def _flat_rollout_arrays(flat, token_ids: Sequence[int], k: int) -> Optional[RolloutArrays]:
+    """The slicing path over vLLM's ``FlatLogprobs`` (None when its layout is not the expected one)."""
+    n_tokens = len(token_ids)
+    starts = np.asarray(flat.start_indices[:n_tokens], dtype=np.int64)
+    ends = np.asarray(flat.end_indices[:n_tokens], dtype=np.int64)
+    if len(starts) != n_tokens:
+        return None
+    if n_tokens == 0:
+        return RolloutArrays(np.zeros(0, np.float32), *((np.zeros((0, k), np.int32), np.zeros((0, k), np.float32))
+                                                        if k else (None, None)))
+    width = int(ends[0] - starts[0])
+    if width < 1 + k or np.any(ends - starts != width) or np.any(starts[1:] != ends[:-1]):
+        return None
+    lo, hi = int(starts[0]), int(ends[-1])
+    whole = lo == 0 and hi == len(flat.logprobs) == len(flat.token_ids)  # the usual case: no list copy
+    # array(typecode, list) is the fastest list -> buffer conversion (one C loop, no Python objects)
+    values = np.frombuffer(array("d", flat.logprobs if whole else flat.logprobs[lo:hi]), dtype=np.float64)
+    ids = np.frombuffer(array("q", flat.token_ids if whole else flat.token_ids[lo:hi]), dtype=np.int64)
+    values, ids = values.reshape(n_tokens, width), ids.reshape(n_tokens, width)
+    if not np.array_equal(ids[:, 0], np.asarray(token_ids, dtype=np.int64)):
+        return None
+    arrays = RolloutArrays(values[:, 0].astype(np.float32))
+    if k:
+        top = values[:, 1: 1 + k]
+        if not np.all(top[:, 1:] <= top[:, :-1]):  # rank order; a NaN also fails this
+            return None
+        arrays.topk_ids = ids[:, 1: 1 + k].astype(np.int32)
+        arrays.topk_log_probs = np.maximum(top, LOG_PROB_FLOOR).astype(np.float32)
+    return arrays
+
+
 def experience_fields(response: dict, truncate_length: int, k: int):
     """The two experience tensors ``[1, K, A]`` for one response, aligned like rollout_log_probs."""
     if response.get("rollout_topk_ids") is None:
@@ -108,9 +199,12 @@ def experience_fields(response: dict, truncate_length: int, k: int):
         )
     id_rows = response["rollout_topk_ids"][1:truncate_length]
     lp_rows = response["rollout_topk_log_probs"][1:truncate_length]
-    check_topk_rows(id_rows, lp_rows, k)
-    ids = torch.tensor(id_rows, dtype=torch.int32).reshape(-1, k)
-    lps = torch.tensor(lp_rows, dtype=torch.float32).reshape(-1, k)
+    if isinstance(id_rows, np.ndarray) and isinstance(lp_rows, np.ndarray):
+        check_topk_arrays(id_rows, lp_rows, k)
+    else:
+        check_topk_rows(id_rows, lp_rows, k)
+    ids = torch.as_tensor(np.asarray(id_rows, dtype=np.int32).reshape(-1, k))
+    lps = torch.as_tensor(np.asarray(lp_rows, dtype=np.float32).reshape(-1, k))
     return ids.T.unsqueeze(0).contiguous(), lps.T.unsqueeze(0).contiguous()
 
 
@@ -130,17 +224,48 @@ class _CapturingEngine:
         return getattr(self._engine, name)
 
 
-def with_topk_rows(execute, k: int):
+class _ConvertingEngine:
+    """Forwards to the vLLM engine; converts the generation's log-probs to ``RolloutArrays`` and hands
+    the executor the output without them (so upstream's per-token extraction does not run)."""
+
+    def __init__(self, engine, k: int):
+        self._engine, self._k = engine, k
+        self.arrays: Optional[RolloutArrays] = None
+
+    async def generate(self, prompt_token_ids, sampling_params, *args, **kwargs):
+        output = await self._engine.generate(prompt_token_ids, sampling_params, *args, **kwargs)
+        generated = output.outputs[0] if output is not None and output.outputs else None
+        if generated is None or generated.logprobs is None or getattr(sampling_params, "logprobs", None) is None:
+            return output
+        self.arrays = rollout_arrays(generated.logprobs, generated.token_ids, self._k)
+        stripped = copy.copy(generated)
+        stripped.logprobs = None
+        output = copy.copy(output)
+        output.outputs = [stripped, *output.outputs[1:]]
+        return output
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
+def with_rollout_arrays(execute, k: int):
+    """The single-turn executor with the rollout log-probs (and top-K rows when K > 0) converted by
+    ``rollout_arrays``: ``rollout_log_probs`` as upstream builds it (0.0 on prompt positions), and the
+    top-K fields ``[n_obs, K]`` (empty slots on prompt positions)."""
+
     @functools.wraps(execute)
     async def wrapped(self, prompt, label, sampling_params, max_length, hf_tokenizer, llm_engine, images=None):
-        engine = _CapturingEngine(llm_engine)
+        engine = _ConvertingEngine(llm_engine, k)
         output = await execute(self, prompt, label, sampling_params, max_length, hf_tokenizer, engine, images)
-        generated = engine.last_output.outputs[0] if engine.last_output is not None else None
-        if generated is not None and generated.logprobs is not None:
-            ids, lps = topk_rows(generated.logprobs, k)
-            n_prompt = len(output["observation_tokens"]) - len(ids)
-            output["rollout_topk_ids"] = [[EMPTY_ID] * k] * n_prompt + ids
-            output["rollout_topk_log_probs"] = [[0.0] * k] * n_prompt + lps
+        arrays = engine.arrays
+        if arrays is None:
+            return output
+        n_prompt = len(output["observation_tokens"]) - len(arrays.sampled)
+        output["rollout_log_probs"] = [0.0] * n_prompt + arrays.sampled.tolist()
+        if k:
+            output["rollout_topk_ids"] = np.concatenate([np.full((n_prompt, k), EMPTY_ID, np.int32), arrays.topk_ids])
+            output["rollout_topk_log_probs"] = np.concatenate([np.zeros((n_prompt, k), np.float32),
+                                                               arrays.topk_log_probs])
         return output
 
     return wrapped
@@ -244,7 +369,7 @@ def remove_padding(original, settings):
 
 
 def execute(original, settings):
-    return with_topk_rows(original, settings.logprobs_topk)
+    return with_rollout_arrays(original, settings.logprobs_topk)
 
 
 def process_response(original, settings):

@@ -68,8 +68,9 @@ def ppo_train(original, settings: OffPolicySettings):
         metrics.reset()
         status = original(self, *args, **kwargs)
         maxima = metrics.local_maxima()
-        if maxima:
-            maxima = self.strategy.all_reduce(maxima, op="max")
+        if maxima:  # one collective for all of them (a dict would take one per metric)
+            reduced = self.strategy.all_reduce(torch.tensor(list(maxima.values()), dtype=torch.float64), op="max")
+            maxima = dict(zip(maxima, torch.as_tensor(reduced).tolist()))
         return metrics.finalize(status, maxima)
 
     return wrapped
@@ -102,6 +103,8 @@ def sampling_params(original, settings: OffPolicySettings):
         wanted = rollout_logprobs_wanted(current)
         if wanted:
             kwargs["logprobs"] = max(kwargs.get("logprobs") or 0, wanted)
+        if kwargs.get("logprobs") is not None and "flat_logprobs" in getattr(original, "__struct_fields__", ()):
+            kwargs.setdefault("flat_logprobs", True)  # flat arrays: no per-token objects (topk.rollout_arrays)
         params = original(*args, **kwargs)
         # custom code may pass top_k / min_p through generate_kwargs: the same check as multi-turn's
         check_generation_params(params, current, wanted, "the rollout's sampling params")

@@ -25,7 +25,14 @@ from ..corrections.batch import make_policy_batch
 from ..corrections.config import UPSTREAM_GATES, correction_choices
 from ..corrections.normalize import batch_normalize
 from ..corrections.rejection import apply_rejection
-from ..corrections.diagnostics import clip_fraction, clip_statistic, correction_metrics, filter_ratio, mismatch_metrics
+from ..corrections.diagnostics import (
+    clip_fraction,
+    clip_statistic,
+    clipped_count,
+    correction_metrics,
+    filter_ratio,
+    mismatch_metrics,
+)
 from ..corrections.metrics import Mean, Statistic, as_statistic, masked_total, token_mean
 
 
@@ -187,14 +194,20 @@ class PolicyLoss(nn.Module):
 
         # Upstream's four statistics now; every other diagnostic when ``metrics`` is first read.
         with torch.no_grad():
-            clip_ratio = clip_fraction(surrogate, batch)
-            ppo_kl = -masked_total(batch.raw_log_ratio.detach(), batch.mask) / batch.n_tokens
+            clipped = clipped_count(surrogate.clipped, batch)
+            clip_ratio = clip_fraction(surrogate, batch, clipped)
+            kl_total = masked_total(batch.raw_log_ratio.detach(), batch.mask)
+            ppo_kl = -kl_total / batch.n_tokens
+            # reductions made here are kept as statistics (the lazy statistics do not make them again)
+            done = {"ppo_kl": Mean(total=-kl_total, count=batch.token_total),  # -(a - b) == b - a exactly
+                    "ppo_clip_ratio": clip_statistic(surrogate.clipped, batch, clipped)}
             vllm_kl = is_filter_ratio = None
             if self.config.correction_enabled:
                 vllm_kl = -batch.log_rho.sum() / batch.n_tokens  # mean(log pi_roll - log pi_old), = mismatch/k1
-                is_filter_ratio = filter_ratio(correction, batch).value().to(batch.mask.dtype)
+                done["is_filter_ratio"] = filter_ratio(correction, batch)
+                is_filter_ratio = done["is_filter_ratio"].value().to(batch.mask.dtype)
         self._pending = (batch.without_graph(), surrogate.clipped, surrogate.metrics, correction, nonfinite,
-                         action_mask)
+                         action_mask, done)
         self._statistics = self._metrics = None
         return loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio
 
@@ -221,22 +234,23 @@ class PolicyLoss(nn.Module):
 
     @torch.no_grad()
     def _compute_statistics(self, batch, clipped, surrogate_metrics, correction, nonfinite,
-                            action_mask) -> Dict[str, Statistic]:
+                            action_mask, done) -> Dict[str, Statistic]:
         stats = {
-            "ppo_clip_ratio": clip_statistic(clipped, batch),
-            "ppo_kl": token_mean(batch.old_log_probs - batch.log_probs, batch.mask),
+            "ppo_clip_ratio": done["ppo_clip_ratio"],
+            "ppo_kl": done["ppo_kl"],
             "loss/nonfinite_frac": Mean(total=torch.tensor(float(nonfinite)), count=action_mask.sum()),
         }
         stats.update(surrogate_metrics)
         if batch.rollout_log_probs is not None:
             stats.update(mismatch_metrics(batch))
             if not self.rollout_in_loss:
-                stats["mismatch/nonfinite_frac"] = token_mean(batch.mask - batch.rollout_on, batch.mask)
+                stats["mismatch/nonfinite_frac"] = token_mean(batch.mask - batch.rollout_on, batch.mask,
+                                                              batch.token_total)
         stats.update(correction.metrics)  # the correction's and the rejection criteria's own
         if self.config.correction_enabled:
             stats.update(correction_metrics(correction, batch))
             stats["vllm_kl"] = stats["mismatch/k1"]  # mean(log pi_roll - log pi_old), upstream's vllm_kl
-            stats["is_filter_ratio"] = filter_ratio(correction, batch)
+            stats["is_filter_ratio"] = done["is_filter_ratio"]
         return {k: as_statistic(v() if callable(v) else v, batch.mask) for k, v in stats.items()}
 
     def _topk(self, log_probs, extra) -> Optional[TopK]:

@@ -33,6 +33,10 @@ and replayed ids are ``[N, L, k]`` in that order (L = MoE layers in module order
 ``to_router_order`` / ``from_router_order`` convert to and from the per-sequence ``[B, L, k, T]``
 layout the experience stores (time last, so upstream pads it like its other step fields).
 
+Cost: the replayed ids stay in their compact storage dtype (uint8 / int16) until each layer's hook
+widens its own ``[N, k]`` slice; they are checked once per replayed micro-batch (``replay``), and
+copied to the router's device once per forward, so no layer waits on the host.
+
 Counts: each replayed forward keeps, per MoE layer, which positions were replayed and which of
 them flipped (the router's own top-k set differs from the replayed set); ``counts(where)`` sums
 them over chosen positions. ``integration/routing.py`` turns them into ``routing/flip_rate`` and
@@ -286,6 +290,8 @@ class RoutingReplay:
         self._mask: Optional[torch.Tensor] = None
         self._recorded: Dict[int, torch.Tensor] = {}
         self._counts: Dict[int, tuple] = {}  # layer -> (replayed [N] bool, flipped [N] bool)
+        self._on_device: Dict[torch.device, tuple] = {}  # the replayed (ids, mask), copied once per device
+        self._count_flips = True
         self._on_forward: Optional[Callable] = None
         self._handles = [r.register_forward_hook(self._hook) for r in self.routers]
 
@@ -322,14 +328,17 @@ class RoutingReplay:
     @contextlib.contextmanager
     def replay(self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None,
                on_forward: Optional[Callable[["RoutingReplay"], None]] = None,
-               locate: Optional[Callable[[int], str]] = None) -> Iterator[None]:
+               locate: Optional[Callable[[int], str]] = None,
+               count_flips: bool = True) -> Iterator[None]:
         """Route the positions of ``mask`` (``[N]`` bool, default all) through ``ids`` ``[N, L, k]``.
 
         ``L`` is the number of MoE layers (one row per router, as ``recorded``), or the number of
         decoder layers (vLLM's layout: each router reads the row of its decoder layer).
         ``on_forward(self)`` is called each time the last MoE layer has routed (after every forward,
         and again after a gradient-checkpointing recomputation, with the same counts). The ids are
-        checked once here (``check_expert_ids``; ``locate(n)`` names position n in its messages)."""
+        checked once here (``check_expert_ids``; ``locate(n)`` names position n in its messages).
+        ``count_flips=False`` skips the flip counting (``counts`` then reports nothing): a forward
+        whose counts nobody reads (the old-log-prob forward) does not pay for them."""
         if ids.dim() == 3 and ids.shape[1:] == (self.num_decoder_layers, self.top_k):
             ids = ids[:, list(self.decoder_layers)]
         if ids.dim() != 3 or ids.shape[1:] != (self.num_layers, self.top_k):
@@ -340,26 +349,37 @@ class RoutingReplay:
             raise RoutingReplayError(f"replay mask {tuple(mask.shape)} does not match ids {tuple(ids.shape)}")
         check_expert_ids(ids, self.num_experts, mask, locate)
         self._enter("replay")
-        self._ids = ids.long()
+        self._ids = ids  # compact (uint8 / int16) as stored; each layer widens only its own slice
         self._mask = mask.bool() if mask is not None else None
+        self._on_device = {}
         self._counts = {}
         self._on_forward = on_forward
+        self._count_flips = count_flips
         try:
             yield
         finally:
             self._mode, self._ids, self._mask, self._on_forward = None, None, None, None
+            self._on_device = {}
 
     def counts(self, where: Optional[torch.Tensor] = None) -> RoutingCounts:
         """Replayed and flipped (token, layer) pairs of the last replayed forward, over the
-        positions ``where`` (``[N]`` bool, default all)."""
-        replayed = flipped = 0
-        for mask, flips in self._counts.values():
-            if where is not None:
-                keep = where.to(mask.device).bool()
-                mask, flips = mask & keep, flips & keep
-            replayed += int(mask.sum())
-            flipped += int(flips.sum())
-        return RoutingCounts(replayed, flipped)
+        positions ``where`` (``[N]`` bool, default all). One read of the device for all layers."""
+        if not self._counts:
+            return RoutingCounts()
+        masks = torch.stack([mask for mask, _ in self._counts.values()])  # [layers, N]
+        flips = torch.stack([flips for _, flips in self._counts.values()])
+        if where is not None:
+            keep = where.to(masks.device).bool()
+            masks, flips = masks & keep, flips & keep
+        replayed, flipped = torch.stack([masks.sum(), flips.sum()]).tolist()
+        return RoutingCounts(int(replayed), int(flipped))
+
+    def _replayed_on(self, device: torch.device):
+        """The replayed ids and mask on ``device``, copied there once per replay (not per layer)."""
+        if device not in self._on_device:
+            mask = self._mask.to(device) if self._mask is not None else None
+            self._on_device[device] = (self._ids.to(device, non_blocking=True), mask)
+        return self._on_device[device]
 
     def _enter(self, mode: str) -> None:
         if self._mode is not None:
@@ -375,17 +395,18 @@ class RoutingReplay:
         if self._mode == "record":
             self._recorded[layer] = own.detach().to(self.dtype)
             return None
-        ids = self._ids[:, layer].to(own.device)
-        if ids.shape[0] != own.shape[0]:
-            raise RoutingReplayError(f"replayed ids cover {ids.shape[0]} positions, MoE layer {layer} routes "
+        all_ids, mask = self._replayed_on(own.device)
+        if all_ids.shape[0] != own.shape[0]:
+            raise RoutingReplayError(f"replayed ids cover {all_ids.shape[0]} positions, MoE layer {layer} routes "
                                      f"{own.shape[0]}")
-        if self._mask is not None:
-            mask = self._mask.to(own.device)
+        ids = all_ids[:, layer].to(own.dtype)  # this layer's [N, k] only, in the router's index dtype
+        if mask is not None:
             ids = torch.where(mask.unsqueeze(-1), ids, own)
         else:
             mask = torch.ones(own.shape[0], dtype=torch.bool, device=own.device)
-        flipped = (own.sort(dim=-1).values != ids.sort(dim=-1).values).any(dim=-1) & mask
-        self._counts[layer] = (mask, flipped)
+        if self._count_flips:
+            flipped = (own.sort(dim=-1).values != ids.sort(dim=-1).values).any(dim=-1) & mask
+            self._counts[layer] = (mask, flipped)
         if layer == self.num_layers - 1 and self._on_forward is not None:
             self._on_forward(self)
         weights = GATE_RULES[type(router).__name__](router, logits, ids)

@@ -515,3 +515,20 @@ def test_a_hub_model_out_of_reach_gets_one_note_that_the_check_is_at_the_first_f
     notes = [line for line in err.splitlines() if "note:" in line]
     assert got == 0
     assert len(notes) == 1 and "org/not-cached" in notes[0] and "first forward" in notes[0], err
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_routed_experts_stay_compact_from_vllms_array_to_the_experience(dtype):
+    """vLLM's uint8 ids stay uint8; its uint16 ids become int16 (torch has no general uint16), with
+    the same values; Ray's read-only arrays are accepted."""
+    from openrlhf_offpolicy.integration.routing import experience_field
+    from openrlhf_offpolicy.models.routing_replay import RoutingReplayError
+
+    rng = np.random.default_rng(0)
+    routed = rng.integers(0, 255 if dtype == np.uint8 else 1000, (6, 4, 2)).astype(dtype)
+    routed.setflags(write=False)
+    field = experience_field(routed, truncate_length=5)
+    assert field.dtype == (torch.uint8 if dtype == np.uint8 else torch.int16) and field.shape == (1, 4, 2, 5)
+    assert field[0].permute(2, 0, 1).long().tolist() == routed[:5].astype(np.int64).tolist()
+    with pytest.raises(RoutingReplayError, match="out of range"):
+        experience_field(np.full((2, 1, 1), 40000, np.uint16), truncate_length=5)

@@ -1,8 +1,10 @@
 """The rollout's top-K log-probs from vLLM-shaped outputs to the loss, through upstream's own code.
 
 vLLM's engine cannot run on CPU: its outputs are built here with vLLM's own ``RequestOutput`` /
-``CompletionOutput`` / ``Logprob`` classes, shaped as vLLM 0.29 returns them (per generated token a
-dict of the top-K entries, plus the sampled token when it is not among them). Everything after
+``CompletionOutput`` classes and log-prob containers, filled by vLLM 0.29's own
+``append_logprobs_for_next_position`` from sampler-shaped rows ``[sampled, top-1 .. top-K]``:
+``FlatLogprobs`` (what the rollout requests) or per-token dicts of the top-K entries plus the sampled
+token when it is not among them. Everything after
 that is upstream code with our patches: the single-turn executor, the samples generator,
 ``Experience.concat_experiences``, the replay buffer, the ``Actor`` forward and
 ``ActorPPOTrainer.training_step``.
@@ -11,16 +13,24 @@ that is upstream code with our patches: the single-turn executor, the samples ge
 import asyncio
 import math
 
+import numpy as np
 import pytest
 import torch
 from helpers import micro_step_metrics
 from vllm import SamplingParams
-from vllm.logprobs import FlatLogprobs, Logprob
+from vllm.logprobs import FlatLogprobs, Logprob, append_logprobs_for_next_position, create_sample_logprobs
 from vllm.outputs import CompletionOutput, RequestOutput
 
 from openrlhf_offpolicy.integration import patches
 from openrlhf_offpolicy.integration.settings import OffPolicySettings
-from openrlhf_offpolicy.integration.topk import EMPTY_ID, MaxLogprobsActor, topk_rows
+from openrlhf_offpolicy.corrections.topk import LOG_PROB_FLOOR
+from openrlhf_offpolicy.integration.topk import (
+    EMPTY_ID,
+    MaxLogprobsActor,
+    _flat_rollout_arrays,
+    rollout_arrays,
+    topk_rows,
+)
 
 K = 3
 
@@ -41,7 +51,7 @@ def test_topk_rows_converts_vllm_dicts_including_the_extra_sampled_token_and_sho
         {5: entry(-0.1, 1), 7: entry(-2.0, 2), 9: entry(-3.0, 3)},  # sampled token inside the top-3
         {5: entry(-0.2, 1), 7: entry(-1.9, 2), 2: entry(-2.5, 3), 11: entry(-6.0, 17)},  # sampled 11 outside
         {4: entry(0.0, 1)},  # fewer than K entries
-        {1: entry(-0.5, 1), 3: entry(float("-inf"), 2), 8: entry(-1.0, 3)},  # a filtered token
+        {1: entry(-0.5, 1), 8: entry(-1.0, 2), 3: entry(float("-inf"), 3)},  # a filtered token
     ]
     ids, lps = topk_rows(per_token, K)
     assert ids == [[5, 7, 9], [5, 7, 2], [4, EMPTY_ID, EMPTY_ID], [1, 8, 3]]
@@ -51,6 +61,8 @@ def test_topk_rows_converts_vllm_dicts_including_the_extra_sampled_token_and_sho
     for row in per_token:
         flat.append(row)
     assert topk_rows(flat, K) == (ids, lps)
+    no_ranks = [{tid: Logprob(lp.logprob) for tid, lp in row.items()} for row in per_token[:2]]
+    assert topk_rows(no_ranks, K)[0] == [[5, 7, 9], [5, 7, 2]], "without ranks: the K most likely"
 
 
 def test_vllm_engines_are_created_with_max_logprobs_of_at_least_k():
@@ -76,20 +88,38 @@ class Tokenizer:
         return {"input_ids": torch.tensor([[int(t) for t in text.split()]])}
 
 
-def vllm_request(prompt_ids, token_ids, vocab=16, seed=0):
-    """A RequestOutput with K+1-style logprob dicts from a random sampling distribution."""
+def sampler_rows(token_ids, vocab=16, seed=0, k=K, filtered=0):
+    """Per generated token, what vLLM 0.29's sampler hands its output processor: ``[sampled, top-1 ..
+    top-k]`` ids and processed log-probs and the sampled token's rank. ``filtered`` tokens get -inf
+    (a top-k/top-p truncation), so ties appear among the top-k."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for token in token_ids:
         lp = torch.log_softmax(torch.randn(vocab, generator=g) * 2, dim=-1)
-        order = lp.argsort(descending=True).tolist()
-        row = {tid: entry(float(lp[tid]), rank + 1) for rank, tid in enumerate(order[:K])}
-        if token not in row:
-            row[token] = entry(float(lp[token]), order.index(token) + 1)
-        rows.append(row)
-    completion = CompletionOutput(index=0, text="", token_ids=token_ids, cumulative_logprob=None, logprobs=rows,
-                                  finish_reason="stop")
-    return RequestOutput("r", None, prompt_ids, None, [completion], finished=True), rows
+        if filtered:
+            keep = set(lp.argsort(descending=True)[: vocab - filtered].tolist()) | {token}
+            lp = torch.tensor([float(v) if i in keep else float("-inf") for i, v in enumerate(lp.tolist())])
+            lp = lp - torch.logsumexp(lp, 0)
+        order = lp.argsort(descending=True, stable=True).tolist()
+        rank = order.index(token) + 1
+        rows.append(([token] + order[:k], [float(lp[token])] + [float(lp[i]) for i in order[:k]], rank))
+    return rows
+
+
+def vllm_logprobs(rows, flat, k=K):
+    """The ``CompletionOutput.logprobs`` vLLM 0.29 builds from those rows (its own functions)."""
+    logprobs = create_sample_logprobs(flat)
+    for ids, lps, rank in rows:
+        append_logprobs_for_next_position(logprobs, ids, lps, [None] * len(ids), rank, k)
+    return logprobs
+
+
+def vllm_request(prompt_ids, token_ids, vocab=16, seed=0, flat=False, filtered=0):
+    """A RequestOutput with vLLM-built log-probs from a random sampling distribution, and the dicts."""
+    rows = sampler_rows(token_ids, vocab, seed, filtered=filtered)
+    completion = CompletionOutput(index=0, text="", token_ids=token_ids, cumulative_logprob=None,
+                                  logprobs=vllm_logprobs(rows, flat), finish_reason="stop")
+    return RequestOutput("r", None, prompt_ids, None, [completion], finished=True), vllm_logprobs(rows, False)
 
 
 class FakeEngine:
@@ -100,10 +130,10 @@ class FakeEngine:
         return self.request
 
 
-def rollout_response(prompt_ids, token_ids, seed):
+def rollout_response(prompt_ids, token_ids, seed, flat=True, filtered=0):
     from openrlhf.utils.agent import SingleTurnAgentExecutor
 
-    request, rows = vllm_request(prompt_ids, token_ids, seed=seed)
+    request, rows = vllm_request(prompt_ids, token_ids, seed=seed, flat=flat, filtered=filtered)
     params = SamplingParams(logprobs=K, max_tokens=len(token_ids))
     executor = SingleTurnAgentExecutor(None)
     prompt = " ".join(map(str, prompt_ids))
@@ -111,15 +141,101 @@ def rollout_response(prompt_ids, token_ids, seed):
     return response, rows
 
 
-def test_executor_adds_aligned_topk_rows_with_empty_prompt_slots(topk_patched):
-    response, rows = rollout_response([3, 4, 5], [7, 1, 9, 2], seed=1)
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "dicts"])
+def test_executor_adds_aligned_topk_rows_with_empty_prompt_slots(topk_patched, flat):
+    response, rows = rollout_response([3, 4, 5], [7, 1, 9, 2], seed=1, flat=flat)
     assert len(response["rollout_topk_ids"]) == len(response["observation_tokens"]) == 7
-    assert response["rollout_topk_ids"][:3] == [[EMPTY_ID] * K] * 3
+    assert response["rollout_topk_ids"][:3].tolist() == [[EMPTY_ID] * K] * 3
     for j, row in enumerate(rows):
         top = sorted((lp.rank, tid) for tid, lp in row.items() if lp.rank <= K)
-        assert response["rollout_topk_ids"][3 + j] == [tid for _, tid in top]
+        assert response["rollout_topk_ids"][3 + j].tolist() == [tid for _, tid in top]
         sampled = response["observation_tokens"][3 + j]
         assert math.isclose(response["rollout_log_probs"][3 + j], row[sampled].logprob)
+
+
+@pytest.mark.parametrize("filtered", [0, 15], ids=["full", "truncated-rollout"])
+def test_flat_and_dict_logprobs_give_identical_experience_tensors(topk_patched, filtered):
+    """vLLM's FlatLogprobs (array slicing) and its dicts (per-token path): the same response and experience."""
+    prompt, tokens = [3, 4, 5], [7, 1, 9, 2, 7, 7, 0, 15]
+    flat, _ = rollout_response(prompt, tokens, seed=4, flat=True, filtered=filtered)
+    dicts, _ = rollout_response(prompt, tokens, seed=4, flat=False, filtered=filtered)
+    assert flat["rollout_log_probs"] == dicts["rollout_log_probs"]
+    for key in ("rollout_topk_ids", "rollout_topk_log_probs"):
+        assert flat[key].dtype == dicts[key].dtype and np.array_equal(flat[key], dicts[key]), key
+    if filtered:
+        assert (flat["rollout_topk_log_probs"] == LOG_PROB_FLOOR).any(), "the filtered tokens are floored"
+    a, b = experience_from(flat, truncate=9), experience_from(dicts, truncate=9)
+    for key in ("sequences", "action_mask", "rollout_log_probs", "rollout_topk_ids", "rollout_topk_log_probs"):
+        assert torch.equal(getattr(a, key), getattr(b, key)), key
+
+
+def test_rollout_arrays_match_the_per_token_reading_of_vllm_flat_logprobs():
+    """Independent reference: each position read through FlatLogprobs' own dict view."""
+    tokens = [int(t) for t in torch.randint(0, 32, (50,), generator=torch.Generator().manual_seed(3))]
+    rows = sampler_rows(tokens, vocab=32, seed=5, k=5, filtered=20)
+    flat = vllm_logprobs(rows, flat=True, k=5)
+    arrays = _flat_rollout_arrays(flat, tokens, 5)
+    assert arrays is not None, "vLLM's layout takes the slicing path"
+    for j, token in enumerate(tokens):
+        position = flat[j]  # vLLM's own {id: Logprob} view of that position
+        assert arrays.sampled[j] == np.float32(position[token].logprob)
+        top = sorted((lp.rank, tid) for tid, lp in position.items() if lp.rank <= 5)
+        assert arrays.topk_ids[j].tolist() == [tid for _, tid in top]
+        expected = [max(position[tid].logprob, LOG_PROB_FLOOR) for _, tid in top]
+        assert arrays.topk_log_probs[j].tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_flat_logprobs_of_another_layout_take_the_per_token_path():
+    """A FlatLogprobs whose positions differ in width (built from dicts) is still read exactly."""
+    tokens = [7, 1, 9]
+    dicts = vllm_logprobs(sampler_rows(tokens), flat=False)
+    flat = FlatLogprobs()
+    for row in dicts:
+        flat.append(row)  # the sampled token inside the top-K is stored once: widths K and K + 1
+    assert len({e - s for s, e in zip(flat.start_indices, flat.end_indices)}) > 1
+    a, b = rollout_arrays(flat, tokens, K), rollout_arrays(dicts, tokens, K)
+    assert np.array_equal(a.sampled, b.sampled) and np.array_equal(a.topk_ids, b.topk_ids)
+    assert np.array_equal(a.topk_log_probs, b.topk_log_probs)
+
+
+@pytest.mark.parametrize("multi_turn", [False, True], ids=["single-turn", "multi-turn"])
+def test_upstream_executors_read_flat_logprobs_like_dicts(multi_turn):
+    """Unpatched upstream executors (what runs without our executor patch, e.g. multi-turn agents)
+    produce the same rollout_log_probs from FlatLogprobs as from dicts."""
+    from openrlhf.utils.agent import AgentInstanceBase, MultiTurnAgentExecutor, SingleTurnAgentExecutor
+
+    class OneStep(AgentInstanceBase):
+        def __init__(self, *args, **kwargs):
+            pass
+
+        async def step(self, states, **kwargs):
+            return {"rewards": torch.tensor(0.0), "environment_feedback": "", "done": True}
+
+    results = []
+    for flat in (True, False):
+        request, _ = vllm_request([3, 4], [7, 1, 9, 2], seed=6, flat=flat, filtered=4)
+        executor = MultiTurnAgentExecutor(OneStep) if multi_turn else SingleTurnAgentExecutor(None)
+        params = SamplingParams(logprobs=K, max_tokens=4, flat_logprobs=flat)
+        response = asyncio.run(executor.execute("3 4", "label", params, 64, Tokenizer(), FakeEngine(request)))
+        results.append(response["rollout_log_probs"])
+    assert results[0] == results[1] and len(results[0]) == 6
+
+
+def test_rollout_sampling_params_request_flat_logprobs(topk_patched):
+    from openrlhf.trainer.ppo_utils import samples_generator
+
+    params = samples_generator.SamplingParams(temperature=1.0, max_tokens=8)
+    assert params.logprobs == K and params.flat_logprobs is True
+
+
+def test_executor_without_requested_logprobs_is_upstreams(topk_patched):
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+    request, _ = vllm_request([3, 4], [7, 1], seed=0, flat=True)
+    params = SamplingParams(max_tokens=2)
+    response = asyncio.run(SingleTurnAgentExecutor(None).execute("3 4", "l", params, 64, Tokenizer(),
+                                                                 FakeEngine(request)))
+    assert response["rollout_log_probs"] is None and "rollout_topk_ids" not in response
 
 
 def experience_from(response, truncate=64):
@@ -136,7 +252,7 @@ def test_samples_become_time_last_experience_fields_that_survive_truncation(topk
     exp = experience_from(response)
     assert type(exp).__name__ == "TopKExperience" and Experience.__name__ == "TopKExperience"
     assert exp.rollout_topk_ids.shape == (1, K, 6) and exp.rollout_topk_ids.dtype == torch.int32
-    assert exp.rollout_topk_ids[0, :, 2:].T.tolist() == response["rollout_topk_ids"][3:]
+    assert exp.rollout_topk_ids[0, :, 2:].T.tolist() == response["rollout_topk_ids"][3:].tolist()
     truncated = experience_from(response, truncate=5)
     assert truncated.rollout_topk_ids.shape == (1, K, 4) == (1, K, truncated.rollout_log_probs.shape[1])
 
@@ -158,7 +274,7 @@ def test_concat_replay_buffer_and_collate_keep_the_topk_aligned(topk_patched, mo
     for item, response in zip(buffer.items, responses):
         n = len(response["observation_tokens"]) - 1
         assert item.rollout_topk_ids.shape == (K, n), "padding was trimmed along time, not K"
-        assert item.rollout_topk_ids.T.tolist() == response["rollout_topk_ids"][1:]
+        assert item.rollout_topk_ids.T.tolist() == response["rollout_topk_ids"][1:].tolist()
     collated = buffer.collate_fn(buffer.items)
     assert torch.equal(collated.rollout_topk_ids, batch.rollout_topk_ids)
     assert torch.equal(collated.rollout_topk_log_probs, batch.rollout_topk_log_probs)

@@ -369,3 +369,54 @@ def test_routing_rows_matching_neither_the_routers_nor_the_decoder_layers_are_re
     with pytest.raises(RoutingReplayError, match=r"\[tokens, 2, 3\] \(one row per MoE layer\) or \[tokens, 3, 3\]"):
         with controller.replay(torch.zeros(5, 4, 3, dtype=torch.long)):
             pass
+
+
+def test_out_of_range_ids_are_refused_when_the_replay_starts_before_any_layer_runs():
+    """One check per micro-batch: the error comes at ``replay``'s entry, no MoE layer has routed."""
+    model = tiny_moe("qwen3_moe")
+    replay = RoutingReplay.attach(model)
+    ids, mask = batch()
+    seen, handles = experts_seen(model)
+    bad = torch.zeros(ids.numel(), replay.num_layers, replay.top_k, dtype=torch.uint8)
+    bad[-1, -1, -1] = replay.num_experts
+    try:
+        with pytest.raises(RoutingReplayError, match="must lie in"), torch.no_grad(), replay.replay(bad):
+            token_log_probs(model, ids, mask)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == []
+    with pytest.raises(RoutingReplayError, match="integers"), replay.replay(bad.float()):
+        pass
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_compact_replayed_ids_route_and_count_exactly_like_int64_ids(dtype):
+    model = tiny_moe("qwen3_moe")
+    ids, mask = batch(seed=5)
+    replay = RoutingReplay.attach(model)
+    with torch.no_grad(), replay.record():
+        token_log_probs(model, ids, mask)
+    forced = (replay.recorded().long() + torch.randint(0, 2, (1,), generator=torch.Generator().manual_seed(0))) \
+        % replay.num_experts
+    where = influential_positions(mask).flatten()
+    results = []
+    for rows in (forced, forced.to(dtype)):
+        with torch.no_grad(), replay.replay(rows, where):
+            results.append((token_log_probs(model, ids, mask), replay.counts()))
+    assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
+
+
+def test_a_replay_without_flip_counting_routes_identically_and_counts_nothing():
+    model = tiny_moe("qwen3_moe")
+    ids, mask = batch(seed=7)
+    replay = RoutingReplay.attach(model)
+    with torch.no_grad(), replay.record():
+        token_log_probs(model, ids, mask)
+    forced = (replay.recorded().long() + 1) % replay.num_experts
+    out = []
+    for count in (True, False):
+        with torch.no_grad(), replay.replay(forced, count_flips=count):
+            out.append(token_log_probs(model, ids, mask))
+        counts = replay.counts()
+    assert torch.equal(out[0], out[1]) and counts.replayed_pairs == counts.flipped_pairs == 0
