@@ -90,7 +90,8 @@ def main(argv=None):
     # a replayed routing that differs from the model's own (as a rollout engine's would, in part)
     noisy = recorded.clone()
     flip = torch.rand(noisy.shape[:2], generator=g) < 0.1
-    noisy[..., 0][flip] = ((noisy[..., 0][flip].long() + args.top_k) % args.experts).to(noisy.dtype)
+    # shift a flipped token's whole top-k by one offset: its ids stay distinct (replay refuses repeats)
+    noisy[flip] = ((noisy[flip].long() + args.top_k) % args.experts).to(noisy.dtype)
 
     def forward(model):
         with torch.no_grad():
@@ -150,8 +151,9 @@ def transport_lines(args, summary):
 
     tokens = 4096
     rng = np.random.default_rng(0)
-    routed = rng.integers(0, args.experts, (tokens - 1, args.layers, args.top_k)).astype(
-        np.uint8 if args.experts <= 256 else np.uint16)
+    # k distinct ids per token and layer (consecutive from a random start), as a router's top-k
+    start = rng.integers(0, args.experts, (tokens - 1, args.layers, 1))
+    routed = ((start + np.arange(args.top_k)) % args.experts).astype(np.uint8 if args.experts <= 256 else np.uint16)
     field = experience_field(routed, truncate_length=tokens)
     vllm_bytes = len(pickle.dumps(routed, protocol=5)) / tokens
     field_bytes = len(pickle.dumps(field, protocol=5)) / tokens
