@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "Every upstream flag is accepted unchanged; these are added:")
     parser.add_argument("--config", metavar="FILE.yaml", help="preset of flags (configs/); command-line flags win")
     parser.add_argument("--dry_run", action="store_true", help="print the resolved configuration and exit before Ray")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print one note per translated OpenRLHF 0.9.x flag (default: one summary line)")
     parser.add_argument("--enable_vllm_is_correction", action="store_true",
                         help="apply --vllm_is_correction_type to the policy loss")
     parser.add_argument("--vllm_is_truncated_threshold", type=float, nargs="+", metavar=("LOW", "HIGH"),
@@ -217,6 +219,20 @@ def _note(line: str) -> None:
     print(f"train_ppo_ray: note: {line}", file=sys.stderr)
 
 
+def report_translations(notes: Sequence[str], verbose: bool) -> None:
+    """One stderr line for all the 0.9.x flags translated (``--verbose``: one line each)."""
+    if verbose:
+        for line in notes:
+            _note(line)
+        return
+    if not notes:
+        return
+    length = [line for line in notes if "--prompt_max_len" in line and " are --data.max_len" in line]
+    _note(f"translated {len(notes)} OpenRLHF 0.9.x flag{'s' if len(notes) > 1 else ''} to their 0.11.2 names"
+          + (f" ({length[0].replace('OpenRLHF 0.9.x flags ', '').replace(' in 0.11.2:', ';')})" if length else "")
+          + "; --verbose lists each")
+
+
 def parse(argv: Sequence[str]):
     """(our namespace, settings, upstream argv) after the fast checks; UsageError/ValueError.
 
@@ -227,7 +243,8 @@ def parse(argv: Sequence[str]):
     ours_parser, upstream = build_parser(), upstream_parser()
     known = checks.option_strings(ours_parser) + checks.option_strings(upstream)
     tokens = expand_config(argv, known + list(legacy_flags.table()) + list(legacy_flags.NO_EQUIVALENT))
-    tokens = legacy_flags.translate(tokens, known, _note, error=UsageError)
+    notes: List[str] = []
+    tokens = legacy_flags.translate(tokens, known, notes.append, error=UsageError)
     full = checks.check_tokens(tokens, ours_parser, upstream)
     checks.check_inputs(full)
     ours, upstream_argv = ours_parser.parse_known_args(tokens)
@@ -246,6 +263,7 @@ def parse(argv: Sequence[str]):
         {name: getattr(ours, name) for name in method_params() if hasattr(ours, name)}, config, upstream_given,
         vars(full), {a.dest: a.default for a in upstream._actions},
     )
+    report_translations(notes, verbose=ours.verbose)  # after the checks: a refused command line is one line
     return ours, settings, upstream_argv
 
 
