@@ -22,7 +22,7 @@ import re
 import sys
 import warnings
 from dataclasses import replace
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -111,21 +111,26 @@ def _value_parser(param):
     return convert
 
 
-def config_tokens(path: str, known: Optional[Sequence[str]] = None) -> List[str]:
-    """A YAML preset (``flag: value`` pairs, flags without ``--``) as command-line tokens.
+def config_items(path: str, known: Optional[Sequence[str]] = None,
+                 suggest: Optional[Sequence[str]] = None) -> List[Tuple[str, object, List[str]]]:
+    """A YAML preset (``flag: value`` pairs, flags without ``--``) as ``(--flag, value, tokens)``.
 
     With ``known`` (every valid ``--flag``), an unknown key is an error naming the file, the key
-    and the nearest valid key."""
+    and the nearest key of ``suggest`` (default ``known``). An empty file is an error."""
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = yaml.safe_load(f)
     except OSError as e:
         raise UsageError(f"--config {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise UsageError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None or data == {}:
+        raise UsageError(f"--config {path}: the file sets nothing (empty or only comments); expected flag: value "
+                         "pairs such as 'policy_loss_type: sapo'")
     if not isinstance(data, dict):
         raise UsageError(f"--config {path}: expected a mapping of flag: value")
-    tokens: List[str] = []
+    suggest = known if suggest is None else suggest
+    items: List[Tuple[str, object, List[str]]] = []
     for key, value in data.items():
         flag = f"--{str(key).lstrip('-')}"
         if isinstance(value, dict):
@@ -133,27 +138,38 @@ def config_tokens(path: str, known: Optional[Sequence[str]] = None) -> List[str]
             raise UsageError(f"--config {path}: key {str(key)!r} holds a nested mapping; write flat dotted keys "
                              f"such as '{key}.{example}: ...'")
         if known is not None and flag not in known:
-            completions = sorted(k for k in known if k.startswith(flag))
-            hint = completions[0] if completions else checks.nearest(flag, known)
+            completions = sorted(k for k in suggest if k.startswith(flag))
+            hint = completions[0] if completions else checks.nearest(flag, suggest)
             raise UsageError(f"--config {path}: unknown key {str(key)!r}"
                              + (f"; did you mean {hint[2:]}?" if hint else ""))
         if value is True:
-            tokens.append(flag)
+            tokens = [flag]
         elif value is False:
-            continue
+            tokens = []
         elif value is None:
-            tokens += [flag, "none"]
+            tokens = [flag, "none"]
         elif isinstance(value, (list, tuple)):
-            tokens += [flag, *map(str, value)]
+            tokens = [flag, *map(str, value)]
         else:
-            tokens += [flag, str(value)]
-    return tokens
+            tokens = [flag, str(value)]
+        items.append((flag, value, tokens))
+    return items
 
 
-def expand_config(argv: Sequence[str], known: Optional[Sequence[str]] = None) -> List[str]:
-    """Replace ``--config FILE`` by the preset's tokens, placed first so the command line wins."""
+def config_tokens(path: str, known: Optional[Sequence[str]] = None) -> List[str]:
+    """A YAML preset as command-line tokens (see ``config_items``)."""
+    return [tok for _, _, tokens in config_items(path, known) for tok in tokens]
+
+
+def expand_config_with_sources(argv: Sequence[str], known: Optional[Sequence[str]] = None,
+                               suggest: Optional[Sequence[str]] = None) -> Tuple[List[str], Dict[str, str]]:
+    """Replace every ``--config FILE`` by the preset's tokens, placed first so the command line wins.
+
+    Stacked files (``--config a.yaml --config b.yaml``) are merged: a key set by several files must
+    have the same value in each, unless the command line sets it (it wins over every file); else the
+    error names both files. Returns the tokens and, per flag taken from a file, that file."""
     argv = list(argv)
-    preset: List[str] = []
+    files: List[Tuple[str, List[Tuple[str, object, List[str]]]]] = []
     out: List[str] = []
     i = 0
     while i < len(argv):
@@ -161,15 +177,46 @@ def expand_config(argv: Sequence[str], known: Optional[Sequence[str]] = None) ->
         if tok == "--config":
             if i + 1 >= len(argv):
                 raise UsageError("--config needs a FILE.yaml")
-            preset += config_tokens(argv[i + 1], known)
+            files.append((argv[i + 1], config_items(argv[i + 1], known, suggest)))
             i += 2
             continue
         if tok.startswith("--config="):
-            preset += config_tokens(tok.split("=", 1)[1], known)
+            path = tok.split("=", 1)[1]
+            files.append((path, config_items(path, known, suggest)))
         else:
             out.append(tok)
         i += 1
-    return preset + out
+    typed = {tok.split("=", 1)[0] for tok in out if tok.startswith("--")}
+    sources: Dict[str, str] = {}
+    values: Dict[str, object] = {}
+    preset: List[str] = []
+    for path, items in files:
+        for flag, value, tokens in items:
+            if flag in sources and flag not in typed and _yaml_value(values[flag]) != _yaml_value(value):
+                raise UsageError(
+                    f"--config {sources[flag]} sets {flag[2:]}: {_yaml_value(values[flag])} but --config {path} sets "
+                    f"{flag[2:]}: {_yaml_value(value)}; give {flag} on the command line to choose (it wins over "
+                    "every file)")
+            sources[flag], values[flag] = path, value
+            preset += tokens
+    return preset + out, {flag: path for flag, path in sources.items() if flag not in typed}
+
+
+def _yaml_value(value) -> str:
+    return json.dumps(value)
+
+
+def expand_config(argv: Sequence[str], known: Optional[Sequence[str]] = None) -> List[str]:
+    """``argv`` with every ``--config FILE`` expanded (see ``expand_config_with_sources``)."""
+    return expand_config_with_sources(argv, known)[0]
+
+
+def with_sources(message: str, sources: Dict[str, str]) -> str:
+    """``message`` plus, for each flag it names that a ``--config`` file set, which file set it."""
+    named = [f for f in dict.fromkeys(re.findall(r"--[A-Za-z0-9_.]+", message)) if f in sources]
+    if not named:
+        return message
+    return message + " (" + "; ".join(f"{f} is set by --config {sources[f]}" for f in named) + ")"
 
 
 def settings_from(ns: argparse.Namespace) -> OffPolicySettings:
@@ -237,16 +284,30 @@ def parse(argv: Sequence[str]):
     """(our namespace, settings, upstream argv) after the fast checks; UsageError/ValueError.
 
     Raises ``UpstreamMissing`` when OpenRLHF is not installed."""
-    from ..integration import legacy_flags
+    from ..integration import legacy_flags, neighbour_names
     from ..integration.upstream_source import upstream_parser
 
     ours_parser, upstream = build_parser(), upstream_parser()
     known = checks.option_strings(ours_parser) + checks.option_strings(upstream)
-    tokens = expand_config(argv, known + list(legacy_flags.table()) + list(legacy_flags.NO_EQUIVALENT))
+    tokens, sources = expand_config_with_sources(
+        argv, known + list(legacy_flags.table()) + list(legacy_flags.NO_EQUIVALENT) + neighbour_names.yaml_keys(),
+        suggest=known)
+    try:
+        return _parse_tokens(tokens, known, ours_parser, upstream)
+    except ValueError as e:
+        raise type(e)(with_sources(str(e), sources)) from None
+
+
+def _parse_tokens(tokens: List[str], known: List[str], ours_parser, upstream):
+    from ..integration import legacy_flags, neighbour_names
+
+    neighbour_notes: List[str] = []
+    tokens = neighbour_names.translate(tokens, neighbour_notes.append, error=UsageError)
     notes: List[str] = []
     tokens = legacy_flags.translate(tokens, known, notes.append, error=UsageError)
     full = checks.check_tokens(tokens, ours_parser, upstream)
     checks.check_inputs(full)
+    checks.check_correction_apis(vars(full))
     ours, upstream_argv = ours_parser.parse_known_args(tokens)
     upstream_argv, estimator = translate_estimator(upstream_argv)  # reinforce_max: upstream runs rloo
     checks.check_bands({
@@ -263,7 +324,9 @@ def parse(argv: Sequence[str]):
         {name: getattr(ours, name) for name in method_params() if hasattr(ours, name)}, config, upstream_given,
         vars(full), {a.dest: a.default for a in upstream._actions},
     )
-    report_translations(notes, verbose=ours.verbose)  # after the checks: a refused command line is one line
+    for line in neighbour_notes:  # after the checks: a refused command line is one line
+        _note(line)
+    report_translations(notes, verbose=ours.verbose)
     return ours, settings, upstream_argv
 
 
