@@ -1,7 +1,7 @@
 """``python -m openrlhf_offpolicy.cli.train_ppo_ray``: upstream's ``train_ppo_ray`` plus our flags.
 
 Every upstream OpenRLHF 0.11.2 flag is accepted unchanged and parsed by upstream's own parser; this
-module adds (see the README, "Our flags"):
+module adds (see the README, "Flags"):
     --enable_vllm_is_correction, --vllm_is_truncated_threshold LOW HIGH, --vllm_is_correction_type,
     --policy_loss_type, --rejection CRITERION [...], --is_batch_normalize, one --<name> per method
     parameter, --vllm_logprobs_topk K, --routing_replay {off,r2,r3}, --config FILE.yaml,

@@ -1,6 +1,6 @@
 """Resolve ``PolicyLoss`` keyword arguments into one validated ``OffPolicyConfig``.
 
-Three kinds of arguments are accepted (see the README, "Using the loss directly"):
+Three kinds of arguments are accepted (see docs/design.md, "Using the loss directly"):
   * upstream OpenRLHF 0.11.2: clip_eps_low/high, dual_clip, token_level_loss, policy_loss_type and
     the ``is_correction_{level,mode,gating,threshold}`` gate;
   * seed-style (the 0.9.x fork API): ``enable_vllm_is_correction``,

@@ -62,18 +62,14 @@ def yaml_keys() -> List[str]:
     return [*VERL_FLAGS, *(VERL_PREFIX + f[2:] for f in VERL_FLAGS)]
 
 
-def neighbour_names() -> Dict[str, str]:
-    """Every neighbour name this module maps or refuses -> what it is here (for the docs and tests)."""
-    out = {f"verl {k} ({VERL_PREFIX[2:]}{k[2:]})": v for k, v in {
-        "--rollout_is": "--enable_vllm_is_correction --vllm_is_correction_type tis|seq-tis|icepop|seq-mis",
-        "--rollout_is_threshold": "--vllm_is_truncated_threshold",
-        "--rollout_is_batch_normalize": "--is_batch_normalize",
-        "--rollout_rs": "--rejection",
-        "--rollout_rs_threshold": "--rejection (the band)",
-        "--bypass_mode": "--bypass_old_logprobs",
-    }.items()}
-    out.update({f"--vllm_is_correction_type {k}": v for k, v in CORRECTION_ALIASES.items()})
-    return out
+VERL_TO_OURS: Dict[str, str] = {
+    "--rollout_is": "--enable_vllm_is_correction --vllm_is_correction_type tis|seq-tis|icepop|seq-mis",
+    "--rollout_is_threshold": "--vllm_is_truncated_threshold",
+    "--rollout_is_batch_normalize": "--is_batch_normalize",
+    "--rollout_rs": "--rejection",
+    "--rollout_rs_threshold": "--rejection MODE:LOW:HIGH / MODE:HIGH",
+    "--bypass_mode": "--bypass_old_logprobs",
+}
 
 
 def _flag_and_value(tokens: Sequence[str], i: int) -> Tuple[str, Optional[str], int]:

@@ -117,7 +117,7 @@ def test_upstream_is_correction_with_our_type_never_dead_ends(ours, capsys):
         assert status == 2 and "keep one of the two" in out
 
 
-def test_every_neighbour_name_is_listed_in_the_readme():
-    readme = open(os.path.join(REPO, "README.md")).read()
+def test_every_neighbour_name_is_listed_in_the_migration_guide():
+    readme = open(os.path.join(REPO, "docs", "migrating.md")).read()
     for name in list(neighbour_names.CORRECTION_ALIASES) + [f[2:] for f in neighbour_names.VERL_FLAGS]:
         assert f"`{name}`" in readme, name

@@ -184,7 +184,7 @@ def test_every_logged_metric_equals_its_whole_batch_value_after_upstreams_reduct
     assert set(whole.statistics) <= set(status)
     for name, stat in whole.statistics.items():
         if name.startswith("mismatch/k3_q"):
-            continue  # length quartiles are ranked within each micro-batch (README, metric table)
+            continue  # length quartiles are ranked within each micro-batch (docs/design.md, metric table)
         assert status[name] == pytest.approx(stat.item(), rel=1e-5, abs=1e-6), name
     # The naive per-micro-batch average upstream would log differs for the non-additive metrics.
     assert status["is/weight_max"] == pytest.approx(whole.statistics["is/weight_max"].item())
