@@ -58,7 +58,8 @@ def _cell(text: str) -> str:
 
 def neighbour_table() -> str:
     """Every neighbouring tool's name that the CLI maps or refuses, and what it is here."""
-    from ..integration.neighbour_names import CORRECTION_ALIASES, CORRECTION_REFUSALS, VERL_FLAGS, VERL_PREFIX, VERL_TO_OURS
+    from ..integration.neighbour_names import (CORRECTION_ALIASES, CORRECTION_REFUSALS, VERL_FLAGS, VERL_PREFIX,
+                                               VERL_TO_OURS)
 
     rows = ["| name | here |", "|---|---|"]
     rows += [f"| verl `{flag[2:]}` (`{flag}` or `{VERL_PREFIX}{flag[2:]}`) | `{_cell(VERL_TO_OURS[flag])}` |"

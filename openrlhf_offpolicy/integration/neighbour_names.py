@@ -48,8 +48,8 @@ CORRECTION_ALIASES: Dict[str, str] = {
 CORRECTION_REFUSALS: Dict[str, str] = {
     "rollout_is": "verl's rollout_is is the IS level; here: --enable_vllm_is_correction --vllm_is_correction_type "
                   "tis (token) or seq-tis (sequence), or --rollout_is token|sequence",
-    "rollout_rs": "verl's rollout_rs is rejection sampling; here: --rejection CRITERION (e.g. seq_mean_k1:-0.001:0.001) "
-                  "or --rollout_rs MODE --rollout_rs_threshold T",
+    "rollout_rs": "verl's rollout_rs is rejection sampling; here: --rejection CRITERION "
+                  "(e.g. seq_mean_k1:-0.001:0.001) or --rollout_rs MODE --rollout_rs_threshold T",
     "token": "'token' is a level, not a correction: --vllm_is_correction_type tis (clamp) or icepop (mask)",
     "sequence": "'sequence' is a level, not a correction: --vllm_is_correction_type seq-tis (clamp) or seq-mis (mask)",
     "seq": "'seq' is a level, not a correction: --vllm_is_correction_type seq-tis (clamp), seq-mis or seq-mask-tis "

@@ -206,8 +206,8 @@ def main(argv=None, base: LabConfig = None) -> int:
 
     head = (f"Async lab ({elapsed / 60:.1f} min): task {base.task}, {base.steps} steps of "
             f"{base.prompts_per_step}x{base.samples_per_prompt} samples, seeds {list(args.seeds)}; final = greedy "
-            "eval reward of the trainer's policy, mean of the last 3 evaluations of the second half; every value: mean ± "
-            "standard error over seeds.\n\n")
+            "eval reward of the trainer's policy, mean of the last 3 evaluations of the second half; every value: "
+            "mean ± standard error over seeds.\n\n")
     text = (head + "### Final reward vs staleness\n\n" + final_reward_grid(sweep, args.methods, args.staleness)
             + "\n\n### Staleness sweep, with the measured staleness/* metrics\n\n" + sweep_table(sweep)
             + f"\n\n![final reward vs staleness](staleness.png)\n\n### Rollout engine precision vs an fp32 trainer "

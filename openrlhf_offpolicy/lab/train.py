@@ -12,8 +12,8 @@ generated tokens, and stale engine weights (async off-policy). With stale weight
 is dispatched while the trainer is still updating, as in an asynchronous pipeline. Every method
 uses the project's real ``PolicyLoss``. Per step it records the rollout reward, the trainer's
 greedy evaluation reward, the mismatch KL (``mismatch/k1``, ``mismatch/k3``), masked fractions,
-the gradient norm and every metric of the metric table (docs/design.md), to JSONL and tensorboard (and wandb when asked; offline
-mode needs no network), then writes a summary table and plots.
+the gradient norm and every metric of the metric table (docs/design.md), to JSONL and tensorboard
+(and wandb when asked; offline mode needs no network), then writes a summary table and plots.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ def in_repo(monkeypatch):
 
 
 def test_two_files_setting_a_key_differently_is_one_line_naming_both(capsys):
-    status, err = dry_run(MINIMAL_UPSTREAM_ARGV + ["--config", "configs/gspo_token.yaml", "--config", "configs/trm.yaml"],
-                          capsys)
+    status, err = dry_run(
+        MINIMAL_UPSTREAM_ARGV + ["--config", "configs/gspo_token.yaml", "--config", "configs/trm.yaml"], capsys)
     assert status == 2 and err.count("\n") == 1
     assert "configs/gspo_token.yaml" in err and "configs/trm.yaml" in err and "on the command line" in err
 

@@ -53,7 +53,8 @@ HAND = {
       --ref.num_nodes 1 --ref.num_gpus_per_node 4 --reward.num_nodes 1 --reward.num_gpus_per_node 4
       --critic.num_nodes 1 --critic.num_gpus_per_node 4 --actor.num_nodes 1 --actor.num_gpus_per_node 4
       --vllm.num_engines 4 --vllm.tensor_parallel_size 2 --train.colocate_critic_reward --train.colocate_actor_ref
-      --actor.model_name_or_path OpenRLHF/Llama-3-8b-sft-mixture --reward.model_name_or_path OpenRLHF/Llama-3-8b-rm-mixture
+      --actor.model_name_or_path OpenRLHF/Llama-3-8b-sft-mixture
+      --reward.model_name_or_path OpenRLHF/Llama-3-8b-rm-mixture
       --ckpt.output_dir /openrlhf/examples/checkpoint/llama3-8b-rlhf
       --train.micro_batch_size 8 --train.batch_size 128 --rollout.micro_batch_size 16 --rollout.batch_size 1024
       --data.max_samples 100000 --train.max_epochs 1 --data.max_len 2048 --rollout.max_new_tokens 1024
