@@ -10,7 +10,7 @@ from openrlhf_offpolicy.corrections import CORRECTIONS, NO_CORRECTION, POLICY_LO
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 README = open(os.path.join(REPO, "README.md")).read()
-REFRESH = "run `python -m openrlhf_offpolicy.corrections.tables README.md`"
+REFRESH = "run `python -m openrlhf_offpolicy.cli.docs`"
 
 
 def _readme_row(name):

@@ -192,3 +192,31 @@ def check_bands(named_bands: Dict[str, Optional[Sequence[float]]]) -> None:
     for flag, band in named_bands.items():
         if band is not None and len(band) == 2 and band[0] > band[1]:
             raise UsageError(f"{flag} {band[0]:g} {band[1]:g} is inverted: LOW must not exceed HIGH")
+
+
+def check_correction_apis(values: Dict[str, object]) -> None:
+    """Upstream's ``--algo.advantage.is_correction_*`` and our ``--enable_vllm_is_correction`` /
+    ``--vllm_is_correction_type`` each select a correction. A type given without our switch names
+    the way out that the next check accepts: add the switch, or, when upstream's flags already
+    select a correction, keep one of the two APIs (the library refuses two different selections)."""
+    from ..corrections import CORRECTIONS
+    from ..corrections.config import UPSTREAM_GATES
+
+    ours = values.get("vllm_is_correction_type")
+    if ours is None or values.get("enable_vllm_is_correction"):
+        return
+    level = values.get("algo.advantage.is_correction_level") or "off"
+    if level == "off":
+        raise UsageError(f"--vllm_is_correction_type {ours} has no effect without --enable_vllm_is_correction; "
+                         "add it")
+    key = (level, values.get("algo.advantage.is_correction_mode") or "mask",
+           values.get("algo.advantage.is_correction_gating") or "ratio")
+    upstream = UPSTREAM_GATES.get(key)
+    if upstream is not None and CORRECTIONS.canonical(ours) == upstream:
+        raise UsageError(f"--vllm_is_correction_type {ours} repeats what --algo.advantage.is_correction_level "
+                         f"{level} already selects (upstream's {upstream}); drop --vllm_is_correction_type, or "
+                         "drop --algo.advantage.is_correction_* and add --enable_vllm_is_correction")
+    raise UsageError(f"--vllm_is_correction_type {ours} and --algo.advantage.is_correction_level {level} (upstream's "
+                     f"{upstream or 'correction'}) are two ways to select a correction; keep one: drop "
+                     "--algo.advantage.is_correction_* and add --enable_vllm_is_correction, or drop "
+                     "--vllm_is_correction_type")

@@ -1,7 +1,7 @@
 """``python -m openrlhf_offpolicy.cli.train_ppo_ray``: upstream's ``train_ppo_ray`` plus our flags.
 
 Every upstream OpenRLHF 0.11.2 flag is accepted unchanged and parsed by upstream's own parser; this
-module adds (see the README, "Our flags"):
+module adds (see the README, "Flags"):
     --enable_vllm_is_correction, --vllm_is_truncated_threshold LOW HIGH, --vllm_is_correction_type,
     --policy_loss_type, --rejection CRITERION [...], --is_batch_normalize, one --<name> per method
     parameter, --vllm_logprobs_topk K, --routing_replay {off,r2,r3}, --config FILE.yaml,
@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from dataclasses import replace
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 # torch imports the deprecated pynvml on CPU machines and warns about it on every start.
 warnings.filterwarnings("ignore", message="The pynvml package is deprecated", category=FutureWarning)
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "Every upstream flag is accepted unchanged; these are added:")
     parser.add_argument("--config", metavar="FILE.yaml", help="preset of flags (configs/); command-line flags win")
     parser.add_argument("--dry_run", action="store_true", help="print the resolved configuration and exit before Ray")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print one note per translated OpenRLHF 0.9.x flag (default: one summary line)")
     parser.add_argument("--enable_vllm_is_correction", action="store_true",
                         help="apply --vllm_is_correction_type to the policy loss")
     parser.add_argument("--vllm_is_truncated_threshold", type=float, nargs="+", metavar=("LOW", "HIGH"),
@@ -110,14 +113,20 @@ def _value_parser(param):
     return convert
 
 
-def config_tokens(path: str, known: Optional[Sequence[str]] = None) -> List[str]:
-    """A YAML preset (``flag: value`` pairs, flags without ``--``) as command-line tokens.
+def config_items(path: str, known: Optional[Sequence[str]] = None,
+                 suggest: Optional[Sequence[str]] = None) -> List[Tuple[str, object, List[str]]]:
+    """A YAML preset (``flag: value`` pairs, flags without ``--``) as ``(--flag, value, tokens)``.
 
     With ``known`` (every valid ``--flag``), an unknown key is an error naming the file, the key
-    and the nearest valid key. The file is read defensively (``config_file``): regular files up to
-    1 MiB, no aliases, bounded depth, no duplicate keys."""
+    and the nearest key of ``suggest`` (default ``known``). The file is read defensively
+    (``config_file``): regular files up to 1 MiB, no aliases, bounded depth, no duplicate keys; an
+    empty file is an error."""
     data, where = load_preset(path)
-    tokens: List[str] = []
+    if not data:
+        raise UsageError(f"{where}: the file sets nothing (empty or only comments); expected flag: value "
+                         "pairs such as 'policy_loss_type: sapo'")
+    suggest = known if suggest is None else suggest
+    items: List[Tuple[str, object, List[str]]] = []
     for key, value in data.items():
         flag = f"--{key.lstrip('-')}"
         if isinstance(value, dict):
@@ -125,29 +134,40 @@ def config_tokens(path: str, known: Optional[Sequence[str]] = None) -> List[str]
             raise UsageError(f"{where}: key {shorten(key)} holds a nested mapping; write flat dotted keys "
                              f"such as '{shorten(key)[1:-1]}.{shorten(example)[1:-1]}: ...'")
         if known is not None and flag not in known:
-            completions = sorted(k for k in known if k.startswith(flag))
-            hint = completions[0] if completions else checks.nearest(flag, known)
+            completions = sorted(k for k in suggest if k.startswith(flag))
+            hint = completions[0] if completions else checks.nearest(flag, suggest)
             raise UsageError(f"{where}: unknown key {shorten(key)}"
                              + (f"; did you mean {hint[2:]}?" if hint else ""))
         if isinstance(value, (list, tuple)) and any(isinstance(v, (list, tuple, dict)) for v in value):
             raise UsageError(f"{where}: key {shorten(key)} holds a nested list; give a flat list of values")
         if value is True:
-            tokens.append(flag)
+            tokens = [flag]
         elif value is False:
-            continue
+            tokens = []
         elif value is None:
-            tokens += [flag, "none"]
+            tokens = [flag, "none"]
         elif isinstance(value, (list, tuple)):
-            tokens += [flag, *map(str, value)]
+            tokens = [flag, *map(str, value)]
         else:
-            tokens += [flag, str(value)]
-    return tokens
+            tokens = [flag, str(value)]
+        items.append((flag, value, tokens))
+    return items
 
 
-def expand_config(argv: Sequence[str], known: Optional[Sequence[str]] = None) -> List[str]:
-    """Replace ``--config FILE`` by the preset's tokens, placed first so the command line wins."""
+def config_tokens(path: str, known: Optional[Sequence[str]] = None) -> List[str]:
+    """A YAML preset as command-line tokens (see ``config_items``)."""
+    return [tok for _, _, tokens in config_items(path, known) for tok in tokens]
+
+
+def expand_config_with_sources(argv: Sequence[str], known: Optional[Sequence[str]] = None,
+                               suggest: Optional[Sequence[str]] = None) -> Tuple[List[str], Dict[str, str]]:
+    """Replace every ``--config FILE`` by the preset's tokens, placed first so the command line wins.
+
+    Stacked files (``--config a.yaml --config b.yaml``) are merged: a key set by several files must
+    have the same value in each, unless the command line sets it (it wins over every file); else the
+    error names both files. Returns the tokens and, per flag taken from a file, that file."""
     argv = list(argv)
-    preset: List[str] = []
+    files: List[Tuple[str, List[Tuple[str, object, List[str]]]]] = []
     out: List[str] = []
     i = 0
     while i < len(argv):
@@ -155,15 +175,46 @@ def expand_config(argv: Sequence[str], known: Optional[Sequence[str]] = None) ->
         if tok == "--config":
             if i + 1 >= len(argv):
                 raise UsageError("--config needs a FILE.yaml")
-            preset += config_tokens(argv[i + 1], known)
+            files.append((argv[i + 1], config_items(argv[i + 1], known, suggest)))
             i += 2
             continue
         if tok.startswith("--config="):
-            preset += config_tokens(tok.split("=", 1)[1], known)
+            path = tok.split("=", 1)[1]
+            files.append((path, config_items(path, known, suggest)))
         else:
             out.append(tok)
         i += 1
-    return preset + out
+    typed = {tok.split("=", 1)[0] for tok in out if tok.startswith("--")}
+    sources: Dict[str, str] = {}
+    values: Dict[str, object] = {}
+    preset: List[str] = []
+    for path, items in files:
+        for flag, value, tokens in items:
+            if flag in sources and flag not in typed and _yaml_value(values[flag]) != _yaml_value(value):
+                raise UsageError(
+                    f"--config {sources[flag]} sets {flag[2:]}: {_yaml_value(values[flag])} but --config {path} sets "
+                    f"{flag[2:]}: {_yaml_value(value)}; give {flag} on the command line to choose (it wins over "
+                    "every file)")
+            sources[flag], values[flag] = path, value
+            preset += tokens
+    return preset + out, {flag: path for flag, path in sources.items() if flag not in typed}
+
+
+def _yaml_value(value) -> str:
+    return json.dumps(value)
+
+
+def expand_config(argv: Sequence[str], known: Optional[Sequence[str]] = None) -> List[str]:
+    """``argv`` with every ``--config FILE`` expanded (see ``expand_config_with_sources``)."""
+    return expand_config_with_sources(argv, known)[0]
+
+
+def with_sources(message: str, sources: Dict[str, str]) -> str:
+    """``message`` plus, for each flag it names that a ``--config`` file set, which file set it."""
+    named = [f for f in dict.fromkeys(re.findall(r"--[A-Za-z0-9_.]+", message)) if f in sources]
+    if not named:
+        return message
+    return message + " (" + "; ".join(f"{f} is set by --config {sources[f]}" for f in named) + ")"
 
 
 def settings_from(ns: argparse.Namespace) -> OffPolicySettings:
@@ -236,22 +287,52 @@ class Output:
         print(self.clean(f"train_ppo_ray: error: {message}"), file=sys.stderr)
 
 
+def report_translations(notes: Sequence[str], verbose: bool, note) -> None:
+    """One stderr line (through ``note``) for all the 0.9.x flags translated (``--verbose``: one line each)."""
+    if verbose:
+        for line in notes:
+            note(line)
+        return
+    if not notes:
+        return
+    length = [line for line in notes if "--prompt_max_len" in line and " are --data.max_len" in line]
+    note(f"translated {len(notes)} OpenRLHF 0.9.x flag{'s' if len(notes) > 1 else ''} to their 0.11.2 names"
+         + (f" ({length[0].replace('OpenRLHF 0.9.x flags ', '').replace(' in 0.11.2:', ';')})" if length else "")
+         + "; --verbose lists each")
+
+
 def parse(argv: Sequence[str], output: Optional[Output] = None):
     """(our namespace, settings, upstream argv) after the fast checks; UsageError/ValueError.
 
     Raises ``UpstreamMissing`` when OpenRLHF is not installed."""
-    from ..integration import legacy_flags
+    from ..integration import legacy_flags, neighbour_names
     from ..integration.upstream_source import upstream_parser
 
     output = output if output is not None else Output(argv)
     ours_parser, upstream = build_parser(), upstream_parser()
     known = checks.option_strings(ours_parser) + checks.option_strings(upstream)
-    tokens = expand_config(argv, known + list(legacy_flags.table()) + list(legacy_flags.NO_EQUIVALENT))
+    tokens, sources = expand_config_with_sources(
+        argv, known + list(legacy_flags.table()) + list(legacy_flags.NO_EQUIVALENT) + neighbour_names.yaml_keys(),
+        suggest=known)
     output.add(tokens)
-    tokens = legacy_flags.translate(tokens, known, output.note, error=UsageError)
+    try:
+        return _parse_tokens(tokens, known, ours_parser, upstream, output)
+    except ValueError as e:
+        raise type(e)(with_sources(str(e), sources)) from None
+
+
+def _parse_tokens(tokens: List[str], known: List[str], ours_parser, upstream, output: Output):
+    from ..integration import legacy_flags, neighbour_names
+
+    neighbour_notes: List[str] = []
+    tokens = neighbour_names.translate(tokens, neighbour_notes.append, error=UsageError)
+    output.add(tokens)
+    notes: List[str] = []
+    tokens = legacy_flags.translate(tokens, known, notes.append, error=UsageError)
     output.add(tokens)
     full = checks.check_tokens(tokens, ours_parser, upstream)
     checks.check_inputs(full)
+    checks.check_correction_apis(vars(full))
     ours, upstream_argv = ours_parser.parse_known_args(tokens)
     upstream_argv, estimator = translate_estimator(upstream_argv)  # reinforce_max: upstream runs rloo
     checks.check_bands({
@@ -263,14 +344,18 @@ def parse(argv: Sequence[str], output: Optional[Output] = None):
     settings = with_rollout_sampling(settings, peeked)
     upstream_given = given_flags(upstream_argv)
     config = settings.check(peeked, upstream_given)
-    note = unchecked_model_note(settings.routing_replay, peeked)
-    if note:
-        output.note(note)
     settings = with_engine_dtype(settings, peeked)
     checks.check_selected(
         {name: getattr(ours, name) for name in method_params() if hasattr(ours, name)}, config, upstream_given,
         vars(full), {a.dest: a.default for a in upstream._actions},
     )
+    # notes after the checks: a refused command line is one line
+    for line in neighbour_notes:
+        output.note(line)
+    report_translations(notes, ours.verbose, output.note)
+    model_note = unchecked_model_note(settings.routing_replay, peeked)
+    if model_note:
+        output.note(model_note)
     return ours, settings, upstream_argv
 
 

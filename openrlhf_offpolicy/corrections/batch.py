@@ -18,7 +18,7 @@ from .stats import clamp_log_ratio, masked_sum, segment_reduce, segment_starts, 
 @dataclass
 class TopK:
     """The rollout's top-K log-probs and the current policy's log-probs at the same ids
-    (README, "Top-K divergences").
+    (docs/design.md, "Top-K divergences").
 
     ids:               ``[B, T, K]`` token ids of TopK(mu) at every action token (-1: empty slot)
     rollout_log_probs: ``[B, T, K]`` log mu at those ids

@@ -1,6 +1,6 @@
 """Resolve ``PolicyLoss`` keyword arguments into one validated ``OffPolicyConfig``.
 
-Three kinds of arguments are accepted (see the README, "Using the loss directly"):
+Three kinds of arguments are accepted (see docs/design.md, "Using the loss directly"):
   * upstream OpenRLHF 0.11.2: clip_eps_low/high, dual_clip, token_level_loss, policy_loss_type and
     the ``is_correction_{level,mode,gating,threshold}`` gate;
   * seed-style (the 0.9.x fork API): ``enable_vllm_is_correction``,
@@ -284,7 +284,8 @@ def resolve_correction(
         raise ValueError(
             "conflicting correction settings: is_correction_level/mode/gating/threshold select "
             f"{upstream_choice[0]!r} {list(upstream_choice[1])} but enable_vllm_is_correction/"
-            f"vllm_is_correction_type/vllm_is_truncated_threshold select {seed_choice[0]!r} {list(seed_choice[1])}"
+            f"vllm_is_correction_type/vllm_is_truncated_threshold select {seed_choice[0]!r} {list(seed_choice[1])}; "
+            "keep one of the two (upstream's is_correction_* or the enable_vllm_is_correction family)"
         )
     correction, threshold = seed_choice or upstream_choice or (NO_CORRECTION, DEFAULT_THRESHOLD)
     if correction != NO_CORRECTION:

@@ -1,10 +1,12 @@
-"""The README's method tables, metric list and launch-script list, generated from the registries.
+"""The method tables, metric list and launch-script list of the README and docs/, generated from the
+registries.
 
-The README holds each generated block between ``<!-- generated: NAME -->`` and
-``<!-- end generated: NAME -->``; ``render(readme)`` rewrites every block and a test checks that
-the README equals its rendering. After registering a method, refresh the README with
+A file holds each generated block between ``<!-- generated: NAME -->`` and
+``<!-- end generated: NAME -->``; ``render(text, blocks)`` rewrites the blocks and a test checks that
+each file equals its rendering (``cli.docs.FILES`` says which block lives where). After registering
+a method, refresh every generated block with
 
-    python -m openrlhf_offpolicy.corrections.tables README.md
+    python -m openrlhf_offpolicy.cli.docs
 """
 
 from __future__ import annotations
@@ -105,9 +107,9 @@ BLOCKS = {
 }
 
 
-def render(readme: str) -> str:
-    """``readme`` with every generated block replaced by its current rendering."""
-    for name, make in BLOCKS.items():
+def render(readme: str, blocks=None) -> str:
+    """``readme`` with every block of ``blocks`` (default ``BLOCKS``) replaced by its current rendering."""
+    for name, make in (BLOCKS if blocks is None else blocks).items():
         pattern = re.compile(rf"(<!-- generated: {name} -->\n).*?(<!-- end generated: {name} -->)", flags=re.S)
         if not pattern.search(readme):
             raise ValueError(f"README has no generated block {name!r}")
@@ -116,12 +118,16 @@ def render(readme: str) -> str:
 
 
 def main(argv=None) -> int:
+    """Refresh this module's blocks in the given files (``python -m openrlhf_offpolicy.cli.docs`` refreshes
+    every generated block of the README and docs/, the CLI's flag table included)."""
     argv = sys.argv[1:] if argv is None else argv
-    path = argv[0] if argv else "README.md"
-    with open(path) as f:
-        text = f.read()
-    with open(path, "w") as f:
-        f.write(render(text))
+    for path in argv or ["README.md"]:
+        with open(path) as f:
+            text = f.read()
+        present = {name: make for name, make in BLOCKS.items() if f"<!-- generated: {name} -->" in text}
+        text = render(text, present)
+        with open(path, "w") as f:
+            f.write(text)
     return 0
 
 

@@ -1,5 +1,5 @@
 """Top-K divergences between the rollout policy mu and pi over a collapsed vocabulary
-(DPPO, arXiv 2602.04879, App. C; TRM, arXiv 2512.23075; README "Top-K divergences").
+(DPPO, arXiv 2602.04879, App. C; TRM, arXiv 2512.23075; docs/design.md, "Top-K divergences").
 
 The rollout returns the top-K log-probs of mu at every generated token (vLLM allows K <= 20). With
 S_t = TopK(mu(.|c_t)) ∪ {a_t} (the sampled token a_t counted once) and one "other" bucket holding the

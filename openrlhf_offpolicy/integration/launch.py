@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import runpy
+import secrets
 import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -127,11 +129,10 @@ def take_job_setup_hook() -> Optional[str]:
     return hook
 
 
-def method_label(config, estimator: str = "group_norm") -> str:
+def method_label(config) -> str:
     """The default wandb group: ``<policy loss>-<correction>``, then the band and every parameter of
     the selected methods that differs from its default (``ppo-trm-trm_avg_delta=0.002-trm_max_delta=none``),
-    and the advantage estimator unless it is GRPO's ``group_norm`` (the example scripts'), so runs of
-    different settings never share a group."""
+    so runs of different settings never share a group (``run_group`` adds the advantage estimator)."""
     if config.correction_enabled:
         correction = config.correction
     elif config.anchor_on_rollout:
@@ -157,8 +158,6 @@ def method_label(config, estimator: str = "group_norm") -> str:
         parts.append("rejection=" + ",".join(c.name for c in config.rejection))
     if config.is_batch_normalize:
         parts.append("batch_normalized")
-    if estimator and estimator != "group_norm":
-        parts.append(f"adv={estimator}")
     return "-".join(dict.fromkeys(parts))
 
 
@@ -176,6 +175,27 @@ def _short(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+WANDB_GROUP_MAX = 128  # wandb's limit on a group name
+
+
+def run_group(config, args, settings: OffPolicySettings) -> str:
+    """The default wandb group: the method label, then the advantage estimator, the actor's learning
+    rate and the policy model (``ppo-reinforce_pro-reinforce_max-lr=1e-06-Qwen2.5-Math-1.5B``): runs
+    that differ in any of them never share a group, and runs that differ only in the seed do."""
+    estimator = settings.advantage_estimator or args.algo.advantage.estimator
+    model = os.path.basename(str(args.actor.model_name_or_path).rstrip("/")) or "model"
+    group = f"{method_label(config)}-{estimator}-lr={_short(float(args.actor.adam.lr))}-{model}"
+    if len(group) > WANDB_GROUP_MAX:
+        digest = hashlib.sha1(group.encode()).hexdigest()[:8]
+        group = group[:WANDB_GROUP_MAX - 9] + "~" + digest
+    return group
+
+
+def run_name(group: str, seed: int) -> str:
+    """A unique run name: the group, the seed, the start time to the second and a random suffix."""
+    return f"{group}_seed{seed}_{datetime.now().strftime('%m%dT%H%M%S')}_{secrets.token_hex(2)}"
+
+
 def finalize_args(args, settings: OffPolicySettings, explicit_flags: Iterable[str]):
     """Validate and complete upstream ``args`` in place; returns (config, final settings)."""
     explicit = set(explicit_flags)
@@ -185,11 +205,11 @@ def finalize_args(args, settings: OffPolicySettings, explicit_flags: Iterable[st
         args.actor.policy_loss_type = settings.policy_loss_type
     wants = settings.request_rollout_logprobs or config.reads_rollout_log_probs
     settings = replace(settings, request_rollout_logprobs=bool(wants and vllm_enabled(args)))
-    label = method_label(config, getattr(getattr(getattr(args, "algo", None), "advantage", None), "estimator", ""))
+    group = run_group(config, args, settings)
     if "--logger.wandb.group" not in explicit:
-        args.logger.wandb.group = label
+        args.logger.wandb.group = group
     if "--logger.wandb.run_name" not in explicit:
-        args.logger.wandb.run_name = f"{label}_{datetime.now().strftime('%m%dT%H:%M')}"
+        args.logger.wandb.run_name = run_name(args.logger.wandb.group, args.train.seed)
     args.offpolicy = settings
     return config, settings
 

@@ -74,8 +74,9 @@ OLDER_SIGNATURES: Dict[str, str] = {"--generate_max_len": "1:int"}
 RENAMED["--generate_max_len"] = ["--rollout.max_new_tokens"]
 
 NO_EQUIVALENT: Dict[str, str] = {
-    "--prompt_max_len": "0.11.2 bounds prompt + response together: --data.max_len PROMPT_MAX_LEN+GENERATE_MAX_LEN "
-                        "(and --rollout.max_new_tokens GENERATE_MAX_LEN)",
+    "--prompt_max_len": "0.11.2 bounds prompt + response together: give --generate_max_len G beside it (translated "
+                        "to --data.max_len PROMPT_MAX_LEN+G --rollout.max_new_tokens G) or write --data.max_len "
+                        "PROMPT_MAX_LEN+GENERATE_MAX_LEN",
     "--use_icepop": "use --enable_vllm_is_correction --vllm_is_correction_type icepop",
     "--ptx_coef": "0.11.2 has no pretraining (PTX) loss in PPO; drop the flag (closest: a KL anchor, "
                   "--algo.kl.init_coef / --algo.kl.use_loss)",
@@ -149,12 +150,44 @@ def _values(tokens: Sequence[str], i: int, sig: str) -> int:
     return n
 
 
+LENGTH_NOTE = ("0.11.2 bounds prompt + response together and cuts a prompt at max_len - max_new_tokens "
+               "= {prompt}, as 0.9.x did")
+TOTAL_LENGTH_FLAGS = ("--max_len", "--data.max_len")
+
+
+def flag_value(tokens: Sequence[str], flag: str) -> Optional[str]:
+    """The value of the last ``flag V`` / ``flag=V`` in ``tokens`` (None when absent)."""
+    value = None
+    for i, tok in enumerate(tokens):
+        if tok == flag and i + 1 < len(tokens):
+            value = tokens[i + 1]
+        elif tok.startswith(flag + "="):
+            value = tok.split("=", 1)[1]
+    return value
+
+
+def _prompt_max_len(tokens: Sequence[str], error: Callable[[str], Exception]) -> Optional[List[str]]:
+    """What ``--prompt_max_len P`` becomes: ``--data.max_len P+G`` with ``--generate_max_len G``, nothing
+    beside an explicit total length (``--max_len``: the 0.9.x fork used it and ignored P), None alone."""
+    prompt, generate = flag_value(tokens, "--prompt_max_len"), flag_value(tokens, "--generate_max_len")
+    if any(flag_value(tokens, f) is not None for f in TOTAL_LENGTH_FLAGS):
+        return []
+    if generate is None:
+        return None
+    try:
+        return ["--data.max_len", str(int(prompt) + int(generate))]
+    except (TypeError, ValueError):
+        raise error(f"--prompt_max_len {prompt} --generate_max_len {generate}: both must be integers") from None
+
+
 def translate(tokens: Sequence[str], known: Iterable[str], note: Callable[[str], None],
               error: Callable[[str], Exception] = ValueError) -> List[str]:
     """``tokens`` with every 0.9.x flag replaced by its 0.11.2 flags; ``note(line)`` per translation.
 
     Flags in ``known`` (0.11.2's and ours) are never translated. A 0.9.x flag without an
-    equivalent raises ``error(one line naming the closest replacement)``.
+    equivalent raises ``error(one line naming the closest replacement)``. ``--prompt_max_len P``
+    with ``--generate_max_len G`` becomes ``--data.max_len P+G`` (and G ``--rollout.max_new_tokens``):
+    0.9.x cut the prompt at P and the response at G, 0.11.2 cuts the prompt at max_len - max_new_tokens.
     """
     known = set(known)
     mapping = table()
@@ -167,6 +200,19 @@ def translate(tokens: Sequence[str], known: Iterable[str], note: Callable[[str],
         if not tok.startswith("--") or name in known:
             out.append(tok)
             i += 1
+            continue
+        if name == "--prompt_max_len" and _prompt_max_len(tokens, error) is not None:
+            replacement = _prompt_max_len(tokens, error)
+            out += replacement
+            if replacement:
+                prompt, generate = flag_value(tokens, name), flag_value(tokens, "--generate_max_len")
+                note(f"OpenRLHF 0.9.x flags --prompt_max_len {prompt} --generate_max_len {generate} are "
+                     f"{' '.join(replacement)} --rollout.max_new_tokens {generate} in 0.11.2: "
+                     + LENGTH_NOTE.format(prompt=prompt))
+            else:
+                note("OpenRLHF 0.9.x flag --prompt_max_len is dropped: the total length (--max_len) is given, "
+                     "which the 0.9.x fork used instead of it")
+            i += 1 if eq else 2
             continue
         if name in NO_EQUIVALENT:
             raise error(f"{name} is an OpenRLHF 0.9.x flag with no 0.11.2 equivalent: {NO_EQUIVALENT[name]}")

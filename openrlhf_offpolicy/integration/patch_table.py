@@ -145,6 +145,9 @@ PATCHES: List[Patch] = [
           why="our settings and worker setup hook in the job's runtime env; the user's hook chained"),
     Patch("ray", "is_initialized", _factory("launch:ray_is_initialized"), when=in_launcher,
           why="--dry_run stops where upstream's train() would start Ray; refuse a Ray started elsewhere"),
+    # ---- wandb (the trainer's process)
+    Patch("openrlhf.utils.logging_utils", "WandbLogger.__init__", _factory("wandb_config:wandb_logger_init"),
+          why="the wandb config holds upstream's sections as nested dicts and our resolved settings"),
     # ---- advantages (--algo.advantage.estimator reinforce_max)
     Patch("openrlhf.trainer.ppo_utils.experience_maker", "RemoteExperienceMaker.compute_advantages_and_returns",
           _factory("advantages:make_compute_advantages"),

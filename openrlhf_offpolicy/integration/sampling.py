@@ -13,7 +13,7 @@ the truncation. Two ways out:
     measures the engine mismatch only. The policy trained is then the truncated policy.
 Not matched: vLLM's ``min_tokens`` (upstream asks for 1) masks the stop tokens at the first
 generated token; pi_roll is then renormalised without them there, a bias of log(1 - p_stop) on the
-first token of each sequence (see README).
+first token of each sequence (see docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Carry the rollout's top-K log-probs from vLLM to the loss (``--vllm_logprobs_topk K``,
-README "Top-K divergences").
+docs/design.md, "Top-K divergences").
 
 Path of the data, and what is patched on it (the ``topk_on`` entries of ``patch_table``):
   1. vLLM engines are created with ``max_logprobs >= K`` and sampled with ``logprobs=K``

@@ -1,7 +1,7 @@
 """Async lab: final reward against staleness per method, and rollout precision (fp32/bf16/fp16).
 
     python -m openrlhf_offpolicy.lab.async_lab [--out lab_results/async] [--staleness 0 1 2 4 8] \
-        [--methods "no correction" "tis [0, 2]" ...] [--steps 120] [--seeds 0] [--precisions fp32 bf16 fp16]
+        [--methods "no correction" "tis [0, 2]" ...] [--steps 60] [--seeds 0 1 2] [--precisions fp32 bf16 fp16]
 
 Staleness sweep: the mismatch lab (``train.py``: Ray actors for the rollout engine and the trainer,
 the project's real ``PolicyLoss``) with the engine's weights ``s`` updates behind the trainer's,
@@ -30,7 +30,7 @@ import torch
 
 from .engines import ENGINE_DTYPES, Mismatch, supervised_warmup
 from .model import TinyConfig, TinyTransformer
-from .train import METHODS, LabConfig, run_lab, summarize
+from .train import METHODS, LabConfig, pm, run_lab, summarize
 
 DEFAULT_METHODS = ["no correction", "tis [0, 2]", "icepop [0.5, 5]"]
 DEFAULT_STALENESS = [0, 1, 2, 4, 8]
@@ -70,21 +70,21 @@ def forward_mismatch(model_config: TinyConfig, state, sequences: torch.Tensor) -
 
 
 def sweep_table(rows: List[dict]) -> str:
-    lines = ["| method | staleness (updates) | eval final [min..max] | measured staleness/mean | staleness/max | "
+    lines = ["| method | staleness (updates) | eval final | measured staleness/mean | staleness/max | "
              "partial_frac | mismatch k1 | mismatch k3 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["method"], r["staleness"])):
-        lines.append(f"| {r['method']} | {r['staleness']} | {r['eval_final']:.3f} [{r['eval_final_min']:.3f}.."
-                     f"{r['eval_final_max']:.3f}] | {r['measured_mean']:.2f} | {r['measured_max']:.0f} | "
+        lines.append(f"| {r['method']} | {r['staleness']} | {pm(r, 'eval_final')} | "
+                     f"{r['measured_mean']:.2f} | {r['measured_max']:.0f} | "
                      f"{r['partial_frac']:.2f} | {r['mismatch_k1']:.4f} | {r['mismatch_k3']:.4f} |")
     return "\n".join(lines)
 
 
 def final_reward_grid(rows: List[dict], methods: Sequence[str], staleness: Sequence[int]) -> str:
-    by = {(r["method"], r["staleness"]): r["eval_final"] for r in rows}
+    by = {(r["method"], r["staleness"]): pm(r, "eval_final") for r in rows}
     lines = ["| method | " + " | ".join(f"s={s}" for s in staleness) + " |",
              "|---|" + "---:|" * len(staleness)]
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(f"{by[(m, s)]:.3f}" for s in staleness) + " |")
+        lines.append(f"| {m} | " + " | ".join(by[(m, s)] for s in staleness) + " |")
     return "\n".join(lines)
 
 
@@ -94,7 +94,7 @@ def precision_table(rows: List[dict], direct: Dict[str, Dict[str, float]]) -> st
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         d = direct[r["precision"]]
-        lines.append(f"| {r['precision']} | {r['eval_final']:.3f} | {r['rollout_reward_final']:.3f} | "
+        lines.append(f"| {r['precision']} | {pm(r, 'eval_final')} | {pm(r, 'rollout_reward_final')} | "
                      f"{r['mismatch_k1']:.2e} | {r['mismatch_k3']:.2e} | {d['kl_mean']:.2e} | {d['kl_max']:.2e} | "
                      f"{d['max_abs_logprob_diff']:.2e} |")
     return "\n".join(lines)
@@ -112,14 +112,15 @@ def plot(rows: List[dict], methods: Sequence[str], path: str) -> None:
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["staleness"])
         xs = [r["staleness"] for r in mine]
         axes[0].errorbar(xs, [r["eval_final"] for r in mine],
-                         yerr=[[r["eval_final"] - r["eval_final_min"] for r in mine],
-                               [r["eval_final_max"] - r["eval_final"] for r in mine]],
+                         yerr=[r["eval_final_se"] for r in mine],
                          marker=markers[i % len(markers)], capsize=3, label=method)
         axes[1].plot(xs, [r["mismatch_k3"] for r in mine], marker=markers[i % len(markers)], label=method)
     axes[0].set(xlabel="staleness of the rollout weights (policy updates)", ylabel="final greedy eval reward",
-                title="final reward vs staleness", ylim=(0, 1.02))
+                title="final reward vs staleness (mean ± 1 s.e. over seeds)", ylim=(0, 1.02))
+    # symlog, linear below 1e-4: staleness 0 has k3 at float rounding level (~1e-13), drawn as 0, not as a decade
+    axes[1].set_yscale("symlog", linthresh=1e-4)
     axes[1].set(xlabel="staleness of the rollout weights (policy updates)",
-                ylabel="mismatch KL(pi_roll || pi_old), k3, mean over steps", yscale="log",
+                ylabel="mismatch KL(pi_roll || pi_old), k3, mean over steps (symlog)", ylim=(0, None),
                 title="measured mismatch vs staleness")
     for ax in axes:
         ax.set_xticks(sorted({r["staleness"] for r in rows}))
@@ -154,8 +155,10 @@ def parse_args(argv=None):
     parser.add_argument("--staleness", nargs="+", type=int, default=DEFAULT_STALENESS)
     parser.add_argument("--precisions", nargs="+", default=DEFAULT_PRECISIONS, choices=list(ENGINE_DTYPES))
     parser.add_argument("--precision-method", default="no correction", choices=list(METHODS))
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--steps", type=int, default=60,
+                        help="RL steps per run (default %(default)s: 3 seeds of every block within ~15 minutes)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="seeds; tables are mean ± s.e. over them (default 0 1 2)")
     parser.add_argument("--resume", action="store_true", help="reuse the blocks an interrupted run completed")
     parser.add_argument("--inline", action="store_true",
                         help="run the engine and the trainer in this process (same calls, same order) instead of "
@@ -203,7 +206,8 @@ def main(argv=None, base: LabConfig = None) -> int:
 
     head = (f"Async lab ({elapsed / 60:.1f} min): task {base.task}, {base.steps} steps of "
             f"{base.prompts_per_step}x{base.samples_per_prompt} samples, seeds {list(args.seeds)}; final = greedy "
-            "eval reward of the trainer's policy, mean of the last 3 evaluations (mean over seeds [min..max]).\n\n")
+            "eval reward of the trainer's policy, mean of the last 3 evaluations of the second half; every value: "
+            "mean ± standard error over seeds.\n\n")
     text = (head + "### Final reward vs staleness\n\n" + final_reward_grid(sweep, args.methods, args.staleness)
             + "\n\n### Staleness sweep, with the measured staleness/* metrics\n\n" + sweep_table(sweep)
             + f"\n\n![final reward vs staleness](staleness.png)\n\n### Rollout engine precision vs an fp32 trainer "

@@ -1,6 +1,6 @@
 """MoE routing lab: a tiny MoE policy whose rollout engine routes differently from its trainer.
 
-    python -m openrlhf_offpolicy.lab.moe [--router-noise 1.0] [--steps 24] [--seeds 0] \
+    python -m openrlhf_offpolicy.lab.moe [--router-noise 1.0] [--steps 24] [--seeds 0 1 2] \
         [--methods "no correction" tis r3 "r3 + tis"] [--out lab_results/moe]
 
 The policy is a tiny random Hugging Face Qwen3-MoE (built from a config, warmed up with a short
@@ -36,6 +36,7 @@ from typing import Dict, List, Optional
 import torch
 from tqdm import tqdm
 
+from ..compare import mean_and_se
 from ..models import PolicyLoss
 from ..models.routing_replay import GATE_RULES, RoutingReplay, find_routers
 from .engines import group_advantages
@@ -66,7 +67,7 @@ class MoELabConfig:
     lr: float = 5e-4
     evaluate_every: int = 10
     eval_prompts: int = 256
-    seeds: List[int] = field(default_factory=lambda: [0])
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     layers: int = 2
     experts: int = 6
     top_k: int = 2
@@ -231,69 +232,92 @@ def run_method(label: str, seed: int, config: MoELabConfig, warm_state, on_step=
 
 
 def summarize(histories: Dict[str, List[List[dict]]]) -> List[dict]:
+    """One row per method; each statistic per seed, then mean and standard error over seeds."""
+    from .train import final_evals
+
     rows = []
     for label, runs in histories.items():
-        def mean_over(fn):
-            return statistics.fmean(fn(run) for run in runs)
+        row: dict = {"method": label, "seeds": len(runs)}
 
-        def last(run, key, k=10):
-            return statistics.fmean(r[key] for r in run[-k:])
+        def over_seeds(name, fn):
+            row[name], row[f"{name}_se"] = mean_and_se([fn(run) for run in runs])
 
-        evals = [[r["eval_reward"] for r in run if "eval_reward" in r] for run in runs]
-        finals = [statistics.fmean(e[-2:]) for e in evals]
-        rows.append({
-            "method": label,
-            "reward_first": mean_over(lambda run: statistics.fmean(r["reward"] for r in run[:5])),
-            "reward_final": mean_over(lambda run: last(run, "reward")),
-            "eval_final": statistics.fmean(finals), "eval_final_min": min(finals), "eval_final_max": max(finals),
-            "flip_rate": mean_over(lambda run: statistics.fmean(r["routing/flip_rate"] for r in run)),
-            "mismatch_k3": mean_over(lambda run: statistics.fmean(r.get("mismatch/k3", 0.0) for r in run)),
-            "seeds": len(runs),
-        })
+        over_seeds("reward_first", lambda run: statistics.fmean(r["reward"] for r in run[:5]))
+        over_seeds("reward_final", lambda run: statistics.fmean(r["reward"] for r in run[-10:]))
+        over_seeds("eval_final", lambda run: final_evals(run, k=1)[-1])
+        over_seeds("flip_rate", lambda run: statistics.fmean(r["routing/flip_rate"] for r in run))
+        over_seeds("mismatch_k3", lambda run: statistics.fmean(r.get("mismatch/k3", 0.0) for r in run))
+        rows.append(row)
     return rows
 
 
 def summary_table(rows: List[dict], config: MoELabConfig) -> str:
+    from .train import pm
+
     head = (f"MoE routing lab: tiny Qwen3-MoE ({config.layers} MoE layers, top-{config.top_k} of {config.experts} "
             f"experts), task {config.task} ({config.prompt_len} digits, graded reward), {config.steps} steps of "
             f"{config.prompts_per_step}x{config.samples_per_prompt} samples, lr {config.lr}; rollout engine: router "
             f"logit noise std {config.router_noise}. Rollout reward: mean of the first 5 / last 10 steps; eval: "
-            f"greedy reward of the trainer's own-routed policy (mean of the last 2 evaluations) [min..max over "
-            f"{len(config.seeds)} seed(s)]; flip rate and mismatch k3 (pi_roll vs the pi_old the loss used): mean "
-            f"over steps.\n\n")
+            f"greedy reward of the trainer's own-routed policy at the last step; flip rate and mismatch k3 (pi_roll "
+            f"vs the pi_old the loss used): mean over steps. Every value: mean ± standard error over "
+            f"{len(config.seeds)} seed(s).\n\n")
     lines = ["| method | rollout reward start | rollout reward final | eval final | routing/flip_rate | mismatch k3 |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['reward_first']:.3f} | {r['reward_final']:.3f} | {r['eval_final']:.3f} "
-                     f"[{r['eval_final_min']:.3f}..{r['eval_final_max']:.3f}] | {r['flip_rate']:.3f} | "
-                     f"{r['mismatch_k3']:.4f} |")
+        lines.append(f"| {r['method']} | {pm(r, 'reward_first')} | {pm(r, 'reward_final')} | {pm(r, 'eval_final')} | "
+                     f"{pm(r, 'flip_rate')} | {pm(r, 'mismatch_k3', 4)} |")
     return head + "\n".join(lines)
 
 
+def identical_to(curves: Dict[str, List[float]]) -> Dict[str, str]:
+    """method -> the earlier method whose curves it equals exactly (its line would hide under that one)."""
+    out: Dict[str, str] = {}
+    labels = list(curves)
+    for i, label in enumerate(labels):
+        for earlier in labels[:i]:
+            if earlier not in out and curves[earlier] == curves[label]:
+                out[label] = earlier
+                break
+    return out
+
+
 def plot_curves(histories: Dict[str, List[List[dict]]], config: MoELabConfig, path: str) -> None:
+    """Four panels: rollout reward, flip rate, mismatch k3, greedy eval (band: ± 1 s.e. over seeds). A method
+    whose curves equal an earlier one's is drawn dotted on top and its legend entry says so."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
-    for label, runs in histories.items():
+    def mean_curve(runs, key):
+        return [statistics.fmean(vals) for vals in zip(*[[r.get(key, 0.0) for r in run] for run in runs])]
+
+    keys = ("reward", "routing/flip_rate", "mismatch/k3", "eval_reward")
+    same = identical_to({label: [v for k in keys for v in mean_curve(runs, k)] for label, runs in histories.items()})
+    fig, axes = plt.subplots(1, 4, figsize=(22, 5))
+    for i, (label, runs) in enumerate(histories.items()):
         style = dict(linestyle="--", color="black") if label == CONTROL else {}
-
-        def mean_curve(key):
-            return [statistics.fmean(vals) for vals in zip(*[[r[key] for r in run] for run in runs])]
-
-        line, = axes[0].plot(_smooth(mean_curve("reward")), label=label, **style)
+        if label in same:
+            style.update(linestyle=":", linewidth=2.5)
+            label = f"{label} (identical to {same[label]})"
+        line, = axes[0].plot(_smooth(mean_curve(runs, "reward")), label=label, **style)
         style.setdefault("color", line.get_color())
-        axes[1].plot(_smooth(mean_curve("routing/flip_rate")), label=label, **style)
+        axes[1].plot(_smooth(mean_curve(runs, "routing/flip_rate")), label=label, **style)
+        axes[2].plot(_smooth(mean_curve(runs, "mismatch/k3")), label=label, **style)
         steps = [r["step"] for r in runs[0] if "eval_reward" in r]
-        evals = [statistics.fmean(v) for v in zip(*[[r["eval_reward"] for r in run if "eval_reward" in r]
-                                                     for run in runs])]
-        axes[2].plot(steps, evals, marker=".", label=label, **style)
-    axes[0].set(title="rollout reward (engine samples, smoothed)", xlabel="step", ylabel="reward")
+        stats = [mean_and_se(v) for v in zip(*[[r["eval_reward"] for r in run if "eval_reward" in r] for run in runs])]
+        axes[3].plot(steps, [m for m, _ in stats], marker=".", label=label, **style)
+        if len(runs) > 1:
+            axes[3].fill_between(steps, [m - e for m, e in stats], [m + e for m, e in stats], color=style["color"],
+                                 alpha=0.15, linewidth=0)
+    axes[0].set(title="rollout reward (engine samples, smoothed)", xlabel="step", ylabel="reward", ylim=(0, 1.02))
     axes[1].set(title="routing/flip_rate: trainer top-k != engine top-k", xlabel="step",
-                ylabel="fraction of (token, layer) pairs")
-    axes[2].set(title="greedy eval reward (trainer's own routing)", xlabel="step", ylabel="reward")
+                ylabel="fraction of (token, layer) pairs", ylim=(0, 1.0))
+    axes[2].set_yscale("symlog", linthresh=1e-4)  # linear near 0: R3's exact 0 lies on the axis
+    axes[2].set(title="mismatch KL(pi_roll || pi_old), k3 (smoothed)", xlabel="step",
+                ylabel="KL per token (symlog)", ylim=(0, 2.0))
+    axes[3].set(title="greedy eval reward (trainer's own routing), band: ± 1 s.e.", xlabel="step", ylabel="reward",
+                ylim=(0, 1.02))
     axes[0].legend(fontsize=8)
     fig.suptitle(f"MoE routing lab: router logit noise std {config.router_noise}, mean over "
                  f"{len(config.seeds)} seed(s)")
@@ -344,8 +368,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="supervised warm-up steps before RL (default %(default)s)")
     parser.add_argument("--lr", type=float, default=MoELabConfig.lr,
                         help="trainer learning rate (default %(default)s)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="seeds; tables and curves are means over them (default 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seeds; tables and curves are means ± s.e. over them (default 0 1 2)")
     parser.add_argument("--out", default="lab_results/moe", help="output folder (default %(default)s)")
     args = parser.parse_args(argv)
     if args.router_noise < 0 or args.steps < 1:

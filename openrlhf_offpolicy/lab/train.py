@@ -2,7 +2,7 @@
 
     python -m openrlhf_offpolicy.lab.train [--methods "no correction" tis icepop ...] \
         [--staleness 3] [--precision bf16] [--noise-prob 0.2 --noise-std 3] [--steps 200] \
-        [--seeds 0 1] [--out lab_results/train] [--wandb [--wandb-mode offline]]
+        [--seeds 0 1 2] [--out lab_results/train] [--wandb [--wandb-mode offline]]
 
 A tiny transformer (``model.py``) is warmed up with a short supervised phase on a verifiable digit
 task (``task.py``: by default the running sum mod 10, graded reward), then trained with GRPO-style
@@ -12,8 +12,8 @@ generated tokens, and stale engine weights (async off-policy). With stale weight
 is dispatched while the trainer is still updating, as in an asynchronous pipeline. Every method
 uses the project's real ``PolicyLoss``. Per step it records the rollout reward, the trainer's
 greedy evaluation reward, the mismatch KL (``mismatch/k1``, ``mismatch/k3``), masked fractions,
-the gradient norm and every metric of the README's metric table, to JSONL and tensorboard (and wandb when asked; offline
-mode needs no network), then writes a summary table and plots.
+the gradient norm and every metric of the metric table (docs/design.md), to JSONL and tensorboard
+(and wandb when asked; offline mode needs no network), then writes a summary table and plots.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from ..compare import mean_and_se
 from ..presets import registered_presets
 from .engines import ENGINE_DTYPES, Mismatch, RolloutEngine, Trainer, supervised_warmup
 from .model import TinyConfig
@@ -69,7 +70,7 @@ class LabConfig:
     lr: float = 1.5e-3
     eval_every: int = 10
     eval_prompts: int = 256
-    seeds: List[int] = field(default_factory=lambda: [0, 1])
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     mismatch: Mismatch = field(default_factory=lambda: Mismatch(staleness=3))
     model: TinyConfig = field(default_factory=TinyConfig)
 
@@ -151,50 +152,57 @@ def run_method(label: str, seed: int, config: LabConfig, warm_state, engine_cls,
     return history
 
 
+def final_evals(run: List[dict], k: int = 3) -> List[float]:
+    """The last ``k`` greedy evaluations of the run's second half (at least its last one): a short run's
+    final value never includes the evaluation at the start."""
+    evals = [(r["step"], r["eval_reward"]) for r in run if "eval_reward" in r]
+    half = evals[-1][0] / 2
+    late = [v for step, v in evals if step >= half] or [evals[-1][1]]
+    return late[-k:]
+
+
 def summarize(histories: Dict[str, List[List[dict]]]) -> List[dict]:
-    """One row per method: start/final/best greedy eval reward (mean over seeds) and mismatch stats."""
+    """One row per method: each statistic is computed per seed, then mean and standard error over seeds
+    (``NAME`` and ``NAME_se``); ``eval_final_min`` / ``_max`` give the range over seeds."""
     rows = []
     for label, runs in histories.items():
-        def per_seed(fn):
-            return [fn(run) for run in runs]
+        def over_seeds(name, fn, row):
+            values = [fn(run) for run in runs]
+            row[name], row[f"{name}_se"] = mean_and_se(values)
+            return values
 
-        def evals(run):
-            return [r["eval_reward"] for r in run if "eval_reward" in r]
-
-        final = per_seed(lambda run: statistics.fmean(evals(run)[-3:]))
-        rows.append({
-            "method": label,
-            "eval_start": statistics.fmean(per_seed(lambda run: run[0]["eval_initial"])),
-            "eval_final": statistics.fmean(final),
-            "eval_final_min": min(final),
-            "eval_final_max": max(final),
-            "eval_best": statistics.fmean(per_seed(lambda run: max(evals(run)))),
-            "rollout_reward_final": statistics.fmean(
-                per_seed(lambda run: statistics.fmean(r["reward"] for r in run[-10:]))),
-            "mismatch_k3": statistics.fmean(per_seed(lambda run: statistics.fmean(r.get("mismatch/k3", 0.0)
-                                                                                   for r in run))),
-            "token_masked_frac": statistics.fmean(
-                per_seed(lambda run: statistics.fmean(r.get("is/token_masked_frac", 0.0) for r in run))),
-            "grad_norm": statistics.fmean(per_seed(lambda run: statistics.fmean(r["grad_norm"] for r in run))),
-            "seeds": len(runs),
-        })
+        row: dict = {"method": label, "seeds": len(runs)}
+        over_seeds("eval_start", lambda run: run[0]["eval_initial"], row)
+        final = over_seeds("eval_final", lambda run: statistics.fmean(final_evals(run)), row)
+        row["eval_final_min"], row["eval_final_max"] = min(final), max(final)
+        over_seeds("eval_best", lambda run: max(r["eval_reward"] for r in run if "eval_reward" in r), row)
+        over_seeds("rollout_reward_final", lambda run: statistics.fmean(r["reward"] for r in run[-10:]), row)
+        over_seeds("mismatch_k3", lambda run: statistics.fmean(r.get("mismatch/k3", 0.0) for r in run), row)
+        over_seeds("token_masked_frac", lambda run: statistics.fmean(r.get("is/token_masked_frac", 0.0) for r in run),
+                   row)
+        over_seeds("grad_norm", lambda run: statistics.fmean(r["grad_norm"] for r in run), row)
+        rows.append(row)
     return rows
+
+
+def pm(row: dict, name: str, digits: int = 3) -> str:
+    """``mean ± s.e.`` of a summarized statistic."""
+    return f"{row[name]:.{digits}f} ± {row[name + '_se']:.{digits}f}"
 
 
 def summary_table(rows: List[dict], config: LabConfig) -> str:
     head = (f"Mismatch lab: task {config.task} (prompt {config.prompt_len} digits, graded reward), "
             f"{config.steps} steps of {config.prompts_per_step}x{config.samples_per_prompt} samples, lr {config.lr}, "
             f"mismatch: {config.mismatch.describe()}; greedy eval reward of the trainer's policy (start: "
-            f"after the warm-up, before RL; final: mean of the last 3 evaluations), mean over {len(config.seeds)} "
-            f"seed(s) [min..max of the final value]\n\n")
+            f"after the warm-up, before RL; final: mean of the last 3 evaluations of the second half). Every "
+            f"value: mean ± standard error over {len(config.seeds)} seed(s).\n\n")
     lines = ["| method | eval start | eval final | best | rollout reward | mismatch k3 | masked tokens | grad norm |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['eval_start']:.3f} | {r['eval_final']:.3f} "
-            f"[{r['eval_final_min']:.3f}..{r['eval_final_max']:.3f}] | {r['eval_best']:.3f} | "
-            f"{r['rollout_reward_final']:.3f} | {r['mismatch_k3']:.4f} | {r['token_masked_frac']:.3f} | "
-            f"{r['grad_norm']:.2f} |")
+            f"| {r['method']} | {r['eval_start']:.3f} | {pm(r, 'eval_final')} | {pm(r, 'eval_best')} | "
+            f"{pm(r, 'rollout_reward_final')} | {pm(r, 'mismatch_k3', 4)} | {pm(r, 'token_masked_frac')} | "
+            f"{pm(r, 'grad_norm', 2)} |")
     return head + "\n".join(lines)
 
 
@@ -210,18 +218,21 @@ def plot_curves(histories: Dict[str, List[List[dict]]], config: LabConfig, path:
         style = dict(linestyle="--", color="black") if label == CONTROL else {}
         marks = dict(marker=markers[i % len(markers)], markevery=max(1, config.steps // 10), markersize=5)
         steps = [-1] + [r["step"] for r in runs[0] if "eval_reward" in r]
-        evals = [statistics.fmean(vals) for vals in zip(*[[run[0]["eval_initial"]] +
-                                                            [r["eval_reward"] for r in run if "eval_reward" in r]
-                                                            for run in runs])]
-        line, = axes[0].plot(steps, evals, label=label, **{**style, **marks, "markevery": 1})
+        per_seed = [[run[0]["eval_initial"]] + [r["eval_reward"] for r in run if "eval_reward" in r] for run in runs]
+        stats = [mean_and_se(vals) for vals in zip(*per_seed)]
+        line, = axes[0].plot(steps, [m for m, _ in stats], label=label, **{**style, **marks, "markevery": 1})
         color = style.get("color", line.get_color())
+        if len(runs) > 1:
+            axes[0].fill_between(steps, [m - e for m, e in stats], [m + e for m, e in stats], color=color, alpha=0.15,
+                                 linewidth=0)
         rewards = [statistics.fmean(vals) for vals in zip(*[[r["reward"] for r in run] for run in runs])]
         axes[1].plot(range(len(rewards)), _smooth(rewards), color=color, label=label,
                      linestyle=style.get("linestyle", "-"), **marks)
         k3 = [statistics.fmean(vals) for vals in zip(*[[r.get("mismatch/k3", 0.0) for r in run] for run in runs])]
         axes[2].plot(range(len(k3)), _smooth(k3), color=color, label=label, linestyle=style.get("linestyle", "-"),
                      **marks)
-    axes[0].set(title="greedy eval reward (trainer's policy)", xlabel="step", ylabel="mean reward", ylim=(0, 1.02))
+    axes[0].set(title="greedy eval reward (trainer's policy), band: ± 1 s.e. over seeds", xlabel="step",
+                ylabel="mean reward", ylim=(0, 1.02))
     axes[1].set(title="rollout reward (engine samples, smoothed)", xlabel="step", ylabel="mean reward",
                 ylim=(0, 1.02))
     # symlog: linear below 1e-4, so the control's exact 0 is drawn on the axis, log above.
@@ -345,8 +356,8 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=1.5e-3, help="trainer learning rate (default 1.5e-3)")
     parser.add_argument("--eval-every", type=int, default=10,
                         help="greedy evaluation of the trainer's policy every N steps (default 10)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
-                        help="seeds; curves and table are means over them (default 0 1)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seeds; curves and table are means ± s.e. over them (default 0 1 2)")
     parser.add_argument("--precision", default="fp32", choices=list(ENGINE_DTYPES), help="rollout engine precision")
     parser.add_argument("--noise-prob", type=float, default=0.0, help="fraction of generated tokens with logit noise")
     parser.add_argument("--noise-std", type=float, default=0.0, help="std of that logit noise")

@@ -58,7 +58,7 @@ ARGUMENT_HELP = {
     "vllm_is_truncated_threshold": "0.9.x fork API: [LOW, HIGH] band of the correction statistic",
     "vllm_is_correction_type": "0.9.x fork API: the mismatch correction (with enable_vllm_is_correction=True)",
     "rejection": "composable rejection criteria, e.g. ('seq_max_k2:0.05', 'token_k1:-2:2'), AND-combined with "
-                 "the correction (README, 'Rejection criteria and batch-normalised weights')",
+                 "the correction (docs/design.md, 'Rejection criteria and batch-normalised weights')",
     "is_batch_normalize": "rescale the correction's IS weights to mean 1 over the loss call",
 }
 
@@ -162,7 +162,7 @@ class PolicyLoss(nn.Module):
         global_batch_size: Optional[float] = None,
         **extra,
     ):
-        """Upstream's arguments, plus the top-K inputs of the top-K divergences (README, "Top-K divergences"):
+        """Upstream's arguments, plus the top-K inputs of the top-K divergences (docs/design.md, "Top-K divergences"):
         ``rollout_topk_ids`` / ``rollout_topk_log_probs`` ``[B, T, K]`` (the rollout's top-K),
         ``topk_log_probs`` ``[B, T, K]`` (pi_theta at those ids) and ``action_ids`` ``[B, T]``; and
         ``policy_version_lag`` ``[B]``, each sample's policy-version lag (``a3po_alpha='versions'``)."""

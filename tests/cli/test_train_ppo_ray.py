@@ -33,7 +33,8 @@ def test_dry_run_resolves_upstream_and_our_flags(capsys):
     up, loss = out["upstream"], out["offpolicy"]["policy_loss"]
     assert up["actor.policy_loss_type"] == "sapo" and up["rollout.batch_size"] == 64
     label = "sapo-geo-mask-band=0.99:1.01-sapo_tau_neg=2"
-    assert up["logger.wandb.group"] == label and up["logger.wandb.run_name"].startswith(label + "_")
+    group = f"{label}-group_norm-lr={up['actor.adam.lr']:g}-Qwen2.5-Math-1.5B"
+    assert up["logger.wandb.group"] == group and up["logger.wandb.run_name"].startswith(group + "_seed42_")
     assert loss["correction"] == "geo-mask" and loss["threshold"] == [0.99, 1.01] and loss["sapo_tau_neg"] == 2.0
     assert out["offpolicy"]["settings"]["request_rollout_logprobs"] is True
     status, out = dry_run(MINIMAL_UPSTREAM_ARGV + ["--actor.eps_clip_low_high", "0.2", "0.28"], capsys)

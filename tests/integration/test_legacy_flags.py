@@ -109,11 +109,35 @@ def test_a_0_9_x_command_line_dry_runs_to_the_same_configuration_as_its_hand_tra
     assert legacy["upstream"]["algo.advantage.estimator"] == "group_norm"
 
 
-def test_each_translation_is_one_stderr_line(capsys):
+def test_translations_are_one_summary_line_and_verbose_lists_each(capsys):
     from openrlhf_offpolicy.cli.train_ppo_ray import main
 
+    flags = [t for t in SEED_FORK_COMMAND if t.startswith("--") and t not in OURS]
     assert main([*SEED_FORK_COMMAND, "--dry_run"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train_ppo_ray: note:")]
+    assert notes == [f"train_ppo_ray: note: translated {len(flags)} OpenRLHF 0.9.x flags to their 0.11.2 names; "
+                     "--verbose lists each"]
+    assert main([*SEED_FORK_COMMAND, "--dry_run", "--verbose"]) == 0
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if line.startswith("train_ppo_ray: note: OpenRLHF 0.9.x flag")]
-    flags = [t for t in SEED_FORK_COMMAND if t.startswith("--") and t not in OURS]
     assert len(notes) == len(flags) > 30
+
+
+def test_prompt_and_generate_max_len_become_one_total_length():
+    notes = []
+    out = legacy_flags.translate(["--prompt_max_len", "1024", "--generate_max_len=3072"], NEW, notes.append)
+    assert out == ["--data.max_len", "4096", "--rollout.max_new_tokens=3072"]
+    assert len(notes) == 2 and "cuts a prompt at max_len - max_new_tokens = 1024" in notes[0]
+
+
+def test_prompt_max_len_beside_a_total_length_is_dropped_as_the_fork_did():
+    notes = []
+    out = legacy_flags.translate(["--max_len", "5000", "--prompt_max_len", "1024", "--generate_max_len", "2048"], NEW,
+                                 notes.append)
+    assert out == ["--data.max_len", "5000", "--rollout.max_new_tokens", "2048"]
+    assert any("--prompt_max_len is dropped" in n for n in notes)
+
+
+def test_prompt_max_len_alone_is_one_line_naming_both_ways_out():
+    with pytest.raises(ValueError, match="give --generate_max_len G beside it .*--data.max_len"):
+        legacy_flags.translate(["--prompt_max_len", "1024"], NEW, print)
