@@ -1,6 +1,6 @@
 """Read a ``--config FILE.yaml`` preset defensively: a hostile or broken file is one line, fast.
 
-A preset is a flat mapping ``flag: value`` (README, "Presets"). What is refused, each as a
+A preset is a flat mapping ``flag: value`` (docs/design.md, "The CLI": presets). What is refused, each as a
 ``UsageError`` naming the file (exit status 2, one line, before anything heavy):
   * anything that is not a regular file (a FIFO would block ``open`` forever, a device never ends),
     and files over ``MAX_BYTES``;
