@@ -104,7 +104,8 @@ PEER_PAIRS = [
     ("gspo", dict(policy_loss_type="gspo"), "trl", ("grpo", dict(importance_sampling_level="sequence"))),
     ("sapo", dict(policy_loss_type="sapo", token_level_loss=False), "trl", ("sapo", {})),
     ("cispo", dict(policy_loss_type="cispo"), "trl", ("cispo", dict(epsilon_high=5.0))),
-    ("dro", dict(policy_loss_type="dro"), "verl", ("dro", "token-mean", dict(policy_loss=types.SimpleNamespace(dro_beta=0.05)))),
+    ("dro", dict(policy_loss_type="dro"), "verl",
+     ("dro", "token-mean", dict(policy_loss=types.SimpleNamespace(dro_beta=0.05)))),
 ]
 
 

@@ -1,9 +1,10 @@
 """Independent float64 reference implementations, written as plain Python loops.
 
 Nothing here calls ``openrlhf_offpolicy``: every formula is re-derived from its paper (cited in
-the method's docstring and the README tables) token by token with ``math``, so a test comparing the vectorised code against these functions checks the
-maths, not a copy of it. Inputs are nested lists (or tensors, converted) ``[B][T]``; ``mask``
-entries are 0/1. Outputs are nested lists of floats with 0.0 at masked-out positions.
+the method's docstring and the README tables) token by token with ``math``, so a test comparing the
+vectorised code against these functions checks the maths, not a copy of it. Inputs are nested lists
+(or tensors, converted) ``[B][T]``; ``mask`` entries are 0/1. Outputs are nested lists of floats with
+0.0 at masked-out positions.
 """
 
 from __future__ import annotations
@@ -318,12 +319,12 @@ def _is_reshape(batch, b, t, **params):
 def _gmpo_log_ratio(batch, b, t, gmpo_clip_range=(-0.4, 0.4)):
     """(l'_t, inside): the pessimistically clipped log-ratio and whether the gradient flows."""
     lo, hi = gmpo_clip_range
-    l = batch.log_r(b, t)
+    lr = batch.log_r(b, t)
     a = batch.adv[b][t]
-    clipped = min(max(l, lo), hi)
-    if (a > 0 and clipped < l) or (a < 0 and clipped > l):
+    clipped = min(max(lr, lo), hi)
+    if (a > 0 and clipped < lr) or (a < 0 and clipped > lr):
         return clipped, False
-    return l, True
+    return lr, True
 
 
 def _gmpo_sequence(batch, b, **params):

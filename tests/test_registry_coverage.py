@@ -25,9 +25,11 @@ def test_every_policy_loss_has_a_reference_a_gradient_reference_a_readme_row_and
         f"add the gradient of {name!r} to tests/reference.py (GRADIENTS); "
         "tests/corrections/test_losses.py checks autograd against it")
     assert _readme_row(name), f"README.md has no row for {name!r}: {REFRESH}"
-    assert entry.source and entry.fn.__doc__, f"give {name!r} its paper (source=) and a docstring where it is registered"
+    assert entry.source and entry.fn.__doc__, \
+        f"give {name!r} its paper (source=) and a docstring where it is registered"
     for preset in (entry.preset, *entry.variants):
-        assert preset and os.path.exists(os.path.join(REPO, preset)), f"add the preset {preset or 'configs/<name>.yaml'}"
+        assert preset and os.path.exists(os.path.join(REPO, preset)), \
+            f"add the preset {preset or 'configs/<name>.yaml'}"
 
 
 @pytest.mark.parametrize("name", [n for n in CORRECTIONS.names() if n != NO_CORRECTION])
@@ -35,7 +37,8 @@ def test_every_correction_has_a_reference_and_a_readme_row(name):
     entry = CORRECTIONS.get(name)
     assert name in reference.CORRECTIONS, f"add a float64 reference for {name!r} to tests/reference.py (CORRECTIONS)"
     assert _readme_row(name), f"README.md has no row for {name!r}: {REFRESH}"
-    assert entry.source and entry.fn.__doc__, f"give {name!r} its paper (source=) and a docstring where it is registered"
+    assert entry.source and entry.fn.__doc__, \
+        f"give {name!r} its paper (source=) and a docstring where it is registered"
     for preset in (entry.preset, *entry.variants):
         assert os.path.exists(os.path.join(REPO, preset)), f"add the preset {preset}"
 

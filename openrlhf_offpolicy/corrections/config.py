@@ -314,7 +314,8 @@ def combine_loss_and_correction(loss, correction: str) -> Tuple[str, bool]:
     return correction, False
 
 
-def check_clip(clip_eps_low: float, clip_eps_high: float, dual_clip: Optional[float]) -> Tuple[float, float, Optional[float]]:
+def check_clip(clip_eps_low: float, clip_eps_high: float,
+               dual_clip: Optional[float]) -> Tuple[float, float, Optional[float]]:
     clip_eps_low = finite_float(clip_eps_low, "clip_eps_low")
     clip_eps_high = finite_float(clip_eps_high, "clip_eps_high")
     if dual_clip is not None:

@@ -31,7 +31,7 @@ from ._torch import torch
 from .batch import PolicyBatch, Surrogate
 from .losses import POLICY_LOSSES, lazy_token_mean
 from .ppo import clipped_surrogate
-from .registry import Param, scale_in, unit_interval
+from .registry import Param, scale_in
 
 
 def token_covariance(batch: PolicyBatch) -> torch.Tensor:

@@ -40,7 +40,7 @@ from typing import Dict, Optional, Tuple
 from ._torch import torch
 
 from .batch import Correction, PolicyBatch, Surrogate
-from .metrics import EffectiveSampleSize, Mean, Statistic, effective_sample_size, masked_total, maximum, sequence_mean, token_mean
+from .metrics import EffectiveSampleSize, Mean, Statistic, masked_total, maximum, sequence_mean
 from .divergences import BINARY_PROB_EPS
 from .stats import clamp_log_ratio
 

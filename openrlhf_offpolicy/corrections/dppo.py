@@ -23,7 +23,9 @@ from .stats import safe_exp
 
 def dppo_delta(cfg) -> float:
     """The configured delta, or the default of the chosen divergence."""
-    return cfg.params.dppo_delta if cfg.params.dppo_delta is not None else DIVERGENCES.get(cfg.params.dppo_divergence).dppo_delta
+    if cfg.params.dppo_delta is not None:
+        return cfg.params.dppo_delta
+    return DIVERGENCES.get(cfg.params.dppo_divergence).dppo_delta
 
 
 def dppo_mask(advantages, ratio, divergence, delta):

@@ -29,5 +29,6 @@ def expert_iteration_loss(batch: PolicyBatch, cfg) -> Surrogate:
     kept = batch.advantages > 0
     loss = -kept.to(batch.log_probs.dtype) * batch.log_probs
     return Surrogate(
-        loss=loss, clipped=no_clipping(batch), metrics={"expert_iteration/kept_frac": lazy_token_mean(kept & batch.on, batch)}
+        loss=loss, clipped=no_clipping(batch),
+        metrics={"expert_iteration/kept_frac": lazy_token_mean(kept & batch.on, batch)}
     )

@@ -16,7 +16,7 @@ from ._torch import torch
 
 from .batch import PolicyBatch, Surrogate
 from .losses import POLICY_LOSSES, no_clipping, token_mean
-from .registry import Param, positive, scale_in
+from .registry import Param, scale_in
 
 
 def _choose(condition: torch.Tensor, if_true: float, if_false: float, like: torch.Tensor) -> torch.Tensor:
@@ -50,10 +50,10 @@ def _gate_mean_value(s: torch.Tensor, batch: PolicyBatch):
 def sapo_loss(batch: PolicyBatch, cfg) -> Surrogate:
     """loss_t = -(4/tau) sigmoid(tau (r_t - 1)) A_t; gradient weight r_t sech^2(tau (r_t - 1) / 2)."""
     ratio = batch.log_ratio.exp()
-    positive = batch.advantages > 0
-    tau = _choose(positive, cfg.params.sapo_tau_pos, cfg.params.sapo_tau_neg, ratio)
+    gains = batch.advantages > 0
+    tau = _choose(gains, cfg.params.sapo_tau_pos, cfg.params.sapo_tau_neg, ratio)
     gate = torch.sigmoid(tau * (ratio - 1))
     # -(4 / tau) A is a constant of the gradient: one multiplication stays in the autograd graph.
-    scale = _choose(positive, -4.0 / cfg.params.sapo_tau_pos, -4.0 / cfg.params.sapo_tau_neg, ratio)
+    scale = _choose(gains, -4.0 / cfg.params.sapo_tau_pos, -4.0 / cfg.params.sapo_tau_neg, ratio)
     loss = gate * (scale * batch.advantages)
     return Surrogate(loss=loss, clipped=no_clipping(batch), metrics={"sapo/gate_mean": _gate_mean(gate, batch)})

@@ -54,8 +54,8 @@ def _check_trm(cfg) -> None:
         raise ValueError("trm needs trm_max_delta or trm_avg_delta (or both); both are None")
     if DIVERGENCES.get(cfg.params.trm_divergence).needs_topk and cfg.params.trm_reference != "current":
         raise ValueError(
-            f"trm_divergence={cfg.params.trm_divergence} compares pi_roll with the current policy, whose log-probs at the "
-            "rollout's top-K ids the training forward gathers; set trm_reference=current (the TRM paper's form)"
+            f"trm_divergence={cfg.params.trm_divergence} compares pi_roll with the current policy, whose log-probs "
+            "at the rollout's top-K ids the training forward gathers; set trm_reference=current (the TRM paper's form)"
         )
 
 

@@ -49,7 +49,7 @@ from ..models.routing_replay import (
     influential_positions,
     to_router_order,
 )
-from .topk import TopKExperience, remove_padding_in_sequences
+from .topk import TopKExperience
 
 @dataclass
 class RoutedExperience(TopKExperience):

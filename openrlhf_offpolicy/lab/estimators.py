@@ -175,7 +175,8 @@ def t1_caption(results: List[EstimatorStats], kl: float) -> str:
     worst = max(rows, key=lambda r: r.bias)
     tied = [r.method for r in rows if r.bias > worst.bias - 0.01]
     return (f"T = {worst.length}: {', '.join(tied)} keep{'s' if len(tied) == 1 else ''} {worst.accept:.0%} of the "
-            f"tokens yet lose{'s' if len(tied) == 1 else ''} {worst.bias:.0%} of grad J. A one-token sequence is masked by that token's own ratio, and the "
+            f"tokens yet lose{'s' if len(tied) == 1 else ''} {worst.bias:.0%} of grad J. A one-token sequence "
+            "is masked by that token's own ratio, and the "
             "tokens outside a narrow band are those of the states where pi and mu disagree most, the uncertain "
             "states that carry most of grad J (the near-deterministic state has a tiny gradient). For T >= 2 the "
             "sequence statistic averages log-ratios over tokens, so fewer whole sequences leave the band.")

@@ -218,7 +218,8 @@ class PolicyLoss(nn.Module):
 
     @property
     def statistics(self) -> Dict[str, Statistic]:
-        """Every metric of the last ``forward`` as a step statistic (``corrections.metrics``), computed on first read."""
+        """Every metric of the last ``forward`` as a step statistic (``corrections.metrics``), computed on
+        first read."""
         if self._statistics is None:
             self._statistics = self._compute_statistics(*self._pending) if self._pending is not None else {}
             self._pending = None

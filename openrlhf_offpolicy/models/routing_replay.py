@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
-import torch.nn.functional as F
 
 # model_type (HF config) -> router class name, the architectures whose routing rule is mirrored below
 SUPPORTED_MODEL_TYPES: Dict[str, str] = {

@@ -83,7 +83,8 @@ def test_autograd_gradient_of_the_aggregated_loss_equals_the_reference_gradient(
     PolicyLoss(policy_loss_type=loss_type, **params)(**inputs)[0].backward()
     torch.manual_seed(seed)
     expected = loss_gradient(loss_type, inputs["log_probs"].detach(), inputs["old_log_probs"], inputs["advantages"],
-                             inputs["action_mask"], roll=inputs["rollout_log_probs"], **reference_kwargs(clip), **method)
+                             inputs["action_mask"], roll=inputs["rollout_log_probs"], **reference_kwargs(clip),
+                             **method)
     assert_close_lists(inputs["log_probs"].grad, expected, atol=1e-10, rtol=1e-6)
 
 

@@ -45,7 +45,7 @@ def test_sequence_weights_are_divided_by_their_mean_over_the_sequences():
     low, high = 0.5, 5.0
     log_rho = (inputs["old_log_probs"] - inputs["rollout_log_probs"]).tolist()
     mask, terms = inputs["action_mask"].tolist(), ppo_terms(inputs)
-    seq_w = [min(max(math.exp(sum(l for l, m in zip(lr, mm) if m > 0)), low), high) for lr, mm in zip(log_rho, mask)]
+    seq_w = [min(max(math.exp(sum(x for x, m in zip(lr, mm) if m > 0)), low), high) for lr, mm in zip(log_rho, mask)]
     mean_w = sum(seq_w) / len(seq_w)
     n = sum(1 for row in mask for m in row if m > 0)
     expected = sum(terms[b][t] * seq_w[b] / mean_w for b in range(6) for t in range(10) if mask[b][t] > 0) / n

@@ -216,7 +216,8 @@ def test_m2po_rejects_the_tokens_areal_masks(seed, tau):
     theirs = scope["_apply_m2po_masking"](inputs["rollout_log_probs"], inputs["old_log_probs"], mask, tau)
     batch, _, _ = make_policy_batch(inputs["log_probs"], inputs["old_log_probs"], inputs["advantages"],
                                     inputs["action_mask"], inputs["rollout_log_probs"])
-    rejected = apply_rejection(CORRECTIONS.get("none").fn(batch, None), batch, parse_rejection([f"m2po:{tau}"])).rejected
+    uncorrected = CORRECTIONS.get("none").fn(batch, None)
+    rejected = apply_rejection(uncorrected, batch, parse_rejection([f"m2po:{tau}"])).rejected
     assert torch.equal(mask & ~rejected, theirs) and rejected.any()
 
 

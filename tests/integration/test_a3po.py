@@ -67,7 +67,8 @@ def test_the_integrated_loss_reads_the_lags_of_its_micro_batch():
     loss_fn.experience_info = {VERSION_LAG_KEY: torch.tensor([0.0, 2.0, 4.0])}
     loss_fn(**inputs)
     assert loss_fn.metrics["a3po/alpha"].item() == pytest.approx(
-        float((torch.tensor([0.0, 0.5, 0.75]).unsqueeze(1) * inputs["action_mask"]).sum() / inputs["action_mask"].sum()))
+        float((torch.tensor([0.0, 0.5, 0.75]).unsqueeze(1) * inputs["action_mask"]).sum()
+              / inputs["action_mask"].sum()))
 
 
 def test_a3po_runs_in_bypass_mode_and_parses_alpha_versions(capsys):

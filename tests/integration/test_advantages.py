@@ -62,7 +62,8 @@ def upstream_maker(n):
     from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 
     maker = RemoteExperienceMaker.__new__(RemoteExperienceMaker)  # upstream's methods, none of its engines
-    maker.strategy, maker.kl_ctl, maker.advantage_estimator = SimpleNamespace(args=args), SimpleNamespace(value=0.0), "rloo"
+    maker.strategy, maker.kl_ctl = SimpleNamespace(args=args), SimpleNamespace(value=0.0)
+    maker.advantage_estimator = "rloo"
     return maker
 
 
@@ -90,8 +91,8 @@ def test_patched_upstream_advantages_equal_the_pure_function_whatever_the_split(
     masks = (torch.arange(width) < lengths.unsqueeze(1)).float()
     prompts = [f"prompt {i // n}" for i in range(n * groups)]
     rows = [[5, 0, 11], [3, 7], [1, 2, 4, 6, 8, 9, 10]]  # dynamic batching: uneven, shuffled
-    patched = make_compute_advantages(RemoteExperienceMaker.compute_advantages_and_returns,
-                                      OffPolicySettings(advantage_estimator="reinforce_max", uniform_scale=uniform_scale))
+    settings = OffPolicySettings(advantage_estimator="reinforce_max", uniform_scale=uniform_scale)
+    patched = make_compute_advantages(RemoteExperienceMaker.compute_advantages_and_returns, settings)
     experiences = patched(upstream_maker(n), experiences_of(rows, rewards, masks, prompts))
     expected = reinforce_max_advantages(rewards, masks, n, uniform_scale)
     for e in experiences:

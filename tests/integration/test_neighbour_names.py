@@ -5,7 +5,6 @@ import math
 import os
 
 import pytest
-import torch
 from helpers import MINIMAL_UPSTREAM_ARGV, dry_run, random_inputs
 
 from openrlhf_offpolicy.corrections import correction_choices

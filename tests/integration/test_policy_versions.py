@@ -409,5 +409,6 @@ def test_a_step_with_no_stale_sample_is_passed_on_untouched():
         seen["n"] = len(rollout_samples)
         return {}, global_step + 1
 
-    status, _ = policy_versions.with_staleness_filter(train_step, max_staleness=1)(SimpleNamespace(args=args), samples, 3)
+    wrapped = policy_versions.with_staleness_filter(train_step, max_staleness=1)
+    status, _ = wrapped(SimpleNamespace(args=args), samples, 3)
     assert seen["n"] == 5 and status["staleness/dropped_frac"] == 0.0

@@ -60,8 +60,8 @@ def test_loss_kwargs_map_each_flag_as_actor_ppo_trainer_does():
         "--algo.advantage.is_correction_threshold", "0.0", "0.07"]
     real, _, _ = run(argv, OffPolicySettings(), dry_run=True, explicit_flags=given_flags(argv))
     call = upstream_policy_loss_call()
-    theirs = {kw.arg: eval(compile(ast.Expression(kw.value), "<upstream>", "eval"), {"self": SimpleNamespace(args=real)})
-              for kw in call.keywords}
+    scope = {"self": SimpleNamespace(args=real)}
+    theirs = {kw.arg: eval(compile(ast.Expression(kw.value), "<upstream>", "eval"), scope) for kw in call.keywords}
     ours = loss_kwargs_from_args(peek_upstream_args(argv))
     assert ours == theirs
 

@@ -10,7 +10,8 @@ from openrlhf_offpolicy.integration import upstream_source
 
 def _actions(parser):
     return sorted((tuple(a.option_strings), a.dest, a.nargs, getattr(a.type, "__name__", None),
-                   tuple(a.choices) if a.choices else None, repr(a.default) if a.dest != "logger.wandb.run_name" else "")
+                   tuple(a.choices) if a.choices else None,
+                   repr(a.default) if a.dest != "logger.wandb.run_name" else "")
                   for a in parser._actions)
 
 

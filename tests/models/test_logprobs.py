@@ -45,7 +45,8 @@ def reference_truncated_log_probs(logits, index, truncation):
         p = torch.softmax(z, -1)
         keep &= p >= truncation.min_p * p.max(-1, keepdim=True).values
     if truncation.top_k > 0:
-        kth = torch.where(keep, z, -torch.inf).sort(-1, descending=True).values[:, truncation.top_k - 1: truncation.top_k]
+        ordered = torch.where(keep, z, -torch.inf).sort(-1, descending=True).values
+        kth = ordered[:, truncation.top_k - 1: truncation.top_k]
         keep &= z >= kth
     if truncation.top_p < 1:
         for r in range(z.shape[0]):

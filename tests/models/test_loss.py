@@ -414,7 +414,8 @@ def test_help_lists_every_argument_with_its_valid_values(capsys):
 
 
 def test_a_misspelled_argument_gets_a_did_you_mean():
-    with pytest.raises(ValueError, match=r"unknown PolicyLoss argument 'clip_eps_hgih'; did you mean 'clip_eps_high'\?"):
+    message = r"unknown PolicyLoss argument 'clip_eps_hgih'; did you mean 'clip_eps_high'\?"
+    with pytest.raises(ValueError, match=message):
         PolicyLoss(clip_eps_hgih=0.28)
     with pytest.raises(ValueError, match=r"did you mean 'sapo_tau_pos'\?"):
         PolicyLoss(policy_loss_type="sapo", sapo_tau_po=2.0)
