@@ -79,3 +79,14 @@ def test_float_top_k_ids_are_refused_by_the_loss():
     topk["rollout_topk_ids"] = topk["rollout_topk_ids"].float()
     with pytest.raises(ValueError, match="integer token ids"):
         PolicyLoss(policy_loss_type="dppo", dppo_divergence="topk_tv")(**inputs, **topk)
+
+
+@pytest.mark.parametrize("ids, message", [
+    (np.array([[-1, -1], [1, 2**40]], np.int64), "is not an id"),
+    (np.array([[-1, -1], [1.0, 2.0]]), "must be integers"),
+    (np.array([[-1, -1, -1], [1, 2, 3]], np.int32), r"expected \[tokens, K = 2\]"),
+])
+def test_top_k_arrays_from_the_flat_path_are_checked_like_rows(ids, message):
+    """The executor hands numpy ``[n_obs, K]`` arrays (issue 18's flat path): the same refusals, vectorised."""
+    with pytest.raises(ValueError, match=message):
+        experience_fields({"rollout_topk_ids": ids, "rollout_topk_log_probs": np.zeros(ids.shape, np.float32)}, 64, 2)
