@@ -1,6 +1,7 @@
 # make test   create .venv, install the project with every test dependency, run the suite
 # make lab    run the CPU lab (estimator bench + mismatch lab) on its defaults -> lab_results/
-# make bench  loss (vs upstream OpenRLHF 0.11.2 TIS, verl 0.9.1, TRL 1.16.0), top-K and MoE routing-replay
+# make bench  loss (vs upstream OpenRLHF 0.11.2 TIS, verl 0.9.1, TRL 1.16.0), top-K, MoE routing-replay,
+#             truncated log-prob memory
 #             benchmarks -> bench_results/
 # make lab-async  staleness sweep + rollout precision comparison (async lab) -> lab_results/async/
 SHELL := /bin/bash
@@ -53,6 +54,7 @@ bench: $(VENV)/.test $(PEERS_DIR)/.installed
 	$(PY) benchmarks/bench_topk.py --out bench_results
 	$(PY) benchmarks/bench_routing.py --out bench_results
 	$(PY) benchmarks/bench_bypass.py --out bench_results
+	$(PY) benchmarks/bench_truncation_memory.py --out bench_results
 
 clean:
 	rm -rf $(VENV) lab_results bench_results

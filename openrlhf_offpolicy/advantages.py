@@ -41,6 +41,8 @@ def reinforce_max_advantages(
     """Token advantages ``[B, T]`` from rewards ``[B]`` (each prompt's ``group_size`` samples contiguous).
 
     ``action_mask`` ``[B, T]`` marks each sample's action tokens; advantages are 0 elsewhere.
+    A NaN or infinite reward is a ValueError naming the sample (it would turn its whole group NaN).
+    The arithmetic runs in float64, so a huge finite reward (3e38 in float32) gives finite advantages.
     """
     if rewards.dim() != 1 or action_mask.dim() != 2 or action_mask.shape[0] != rewards.shape[0]:
         raise ValueError(
@@ -48,7 +50,13 @@ def reinforce_max_advantages(
         )
     if group_size < 2 or rewards.shape[0] % group_size:
         raise ValueError(f"group_size must be >= 2 and divide the batch ({rewards.shape[0]}), got {group_size}")
-    dtype = torch.promote_types(rewards.dtype, torch.float32)
+    finite = torch.isfinite(rewards)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0, 0])
+        raise ValueError(f"reinforce_max: reward {float(rewards[bad])} of sample {bad} (group {bad // group_size}) "
+                         "is not finite; fix the reward function")
+    out_dtype = torch.promote_types(rewards.dtype, torch.float32)
+    dtype = torch.float64  # squares of rewards near float32's max overflow float32
     mask = action_mask.to(dtype)
     tokens = rloo_advantages(rewards.to(dtype), group_size, uniform_scale).unsqueeze(-1) * mask  # [B, T]
 
@@ -63,5 +71,9 @@ def reinforce_max_advantages(
     beta = -alpha * ratio
     alpha = torch.where(mixed, alpha.clamp(SCALE_MIN, SCALE_MAX), torch.ones_like(alpha))
     beta = torch.where(mixed, beta.clamp(SCALE_MIN, SCALE_MAX), torch.ones_like(beta))
-    scaled = pos * alpha.unsqueeze(-1) + neg * beta.unsqueeze(-1)
-    return scaled.reshape(tokens.shape)
+    scaled = (pos * alpha.unsqueeze(-1) + neg * beta.unsqueeze(-1)).reshape(tokens.shape)
+    out = scaled.to(out_dtype)
+    if not bool(torch.isfinite(out).all()):  # only a group left unscaled (one sign) can overflow
+        raise ValueError(f"reinforce_max: advantages overflow {out_dtype} "
+                         f"(rewards up to {float(rewards.abs().max()):.3g})")
+    return out

@@ -18,23 +18,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import warnings
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence
-
-import yaml
 
 # torch imports the deprecated pynvml on CPU machines and warns about it on every start.
 warnings.filterwarnings("ignore", message="The pynvml package is deprecated", category=FutureWarning)
 
 from ..corrections import POLICY_LOSSES, correction_choices, method_params  # noqa: E402
 from ..integration.advantages import translate_estimator  # noqa: E402
+from ..integration.routing_checks import unchecked_model_note  # noqa: E402
 from ..integration.sampling import with_rollout_sampling  # noqa: E402
 from ..integration.settings import OffPolicySettings  # noqa: E402
 from ..integration.upstream_args import given_flags, peek_upstream_args, vllm_enabled  # noqa: E402
 from . import checks  # noqa: E402
+from .config_file import load_preset  # noqa: E402
+from .redaction import REDACTED, is_secret_flag, redact_text, redact_value, secret_values, shorten_tokens  # noqa: E402
+from ..corrections.registry import shorten  # noqa: E402
 from .checks import StrictParser as _Parser, UsageError  # noqa: E402,F401
 
 PROG = "python -m openrlhf_offpolicy.cli.train_ppo_ray"
@@ -128,28 +129,23 @@ def config_tokens(path: str, known: Optional[Sequence[str]] = None) -> List[str]
     """A YAML preset (``flag: value`` pairs, flags without ``--``) as command-line tokens.
 
     With ``known`` (every valid ``--flag``), an unknown key is an error naming the file, the key
-    and the nearest valid key."""
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise UsageError(f"--config {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise UsageError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path}: expected a mapping of flag: value")
+    and the nearest valid key. The file is read defensively (``config_file``): regular files up to
+    1 MiB, no aliases, bounded depth, no duplicate keys."""
+    data, where = load_preset(path)
     tokens: List[str] = []
     for key, value in data.items():
-        flag = f"--{str(key).lstrip('-')}"
+        flag = f"--{key.lstrip('-')}"
         if isinstance(value, dict):
             example = next(iter(value), "name")
-            raise UsageError(f"--config {path}: key {str(key)!r} holds a nested mapping; write flat dotted keys "
-                             f"such as '{key}.{example}: ...'")
+            raise UsageError(f"{where}: key {shorten(key)} holds a nested mapping; write flat dotted keys "
+                             f"such as '{shorten(key)[1:-1]}.{shorten(example)[1:-1]}: ...'")
         if known is not None and flag not in known:
             completions = sorted(k for k in known if k.startswith(flag))
             hint = completions[0] if completions else checks.nearest(flag, known)
-            raise UsageError(f"--config {path}: unknown key {str(key)!r}"
+            raise UsageError(f"{where}: unknown key {shorten(key)}"
                              + (f"; did you mean {hint[2:]}?" if hint else ""))
+        if isinstance(value, (list, tuple)) and any(isinstance(v, (list, tuple, dict)) for v in value):
+            raise UsageError(f"{where}: key {shorten(key)} holds a nested list; give a flat list of values")
         if value is True:
             tokens.append(flag)
         elif value is False:
@@ -228,21 +224,44 @@ def with_engine_dtype(settings: OffPolicySettings, upstream_args) -> OffPolicySe
     return replace(settings, engine_dtype=resolve_engine_dtype(settings.vllm_dtype, upstream_args.ds.param_dtype))
 
 
-def _note(line: str) -> None:
-    print(f"train_ppo_ray: note: {line}", file=sys.stderr)
+class Output:
+    """Every line the CLI prints goes through here: secrets redacted, long echoed input cut short.
+
+    ``tokens`` grows as the command line is expanded (a preset's values count as input too)."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.tokens: List[str] = [str(t) for t in argv]
+
+    def add(self, tokens: Sequence[str]) -> None:
+        self.tokens += [str(t) for t in tokens]
+
+    def clean(self, text: str) -> str:
+        from ..integration import legacy_flags
+
+        secrets = secret_values(self.tokens, legacy_flags.table())
+        return redact_text(shorten_tokens(text, self.tokens), secrets)
+
+    def note(self, line: str) -> None:
+        print(self.clean(f"train_ppo_ray: note: {line}"), file=sys.stderr)
+
+    def error(self, message: object) -> None:
+        print(self.clean(f"train_ppo_ray: error: {message}"), file=sys.stderr)
 
 
-def parse(argv: Sequence[str]):
+def parse(argv: Sequence[str], output: Optional[Output] = None):
     """(our namespace, settings, upstream argv) after the fast checks; UsageError/ValueError.
 
     Raises ``UpstreamMissing`` when OpenRLHF is not installed."""
     from ..integration import legacy_flags
     from ..integration.upstream_source import upstream_parser
 
+    output = output if output is not None else Output(argv)
     ours_parser, upstream = build_parser(), upstream_parser()
     known = checks.option_strings(ours_parser) + checks.option_strings(upstream)
     tokens = expand_config(argv, known + list(legacy_flags.table()) + list(legacy_flags.NO_EQUIVALENT))
-    tokens = legacy_flags.translate(tokens, known, _note, error=UsageError)
+    output.add(tokens)
+    tokens = legacy_flags.translate(tokens, known, output.note, error=UsageError)
+    output.add(tokens)
     full = checks.check_tokens(tokens, ours_parser, upstream)
     checks.check_inputs(full)
     ours, upstream_argv = ours_parser.parse_known_args(tokens)
@@ -256,6 +275,9 @@ def parse(argv: Sequence[str]):
     settings = with_rollout_sampling(settings, peeked)
     upstream_given = given_flags(upstream_argv)
     config = settings.check(peeked, upstream_given)
+    note = unchecked_model_note(settings.routing_replay, peeked)
+    if note:
+        output.note(note)
     settings = with_engine_dtype(settings, peeked)
     checks.check_selected(
         {name: getattr(ours, name) for name in method_params() if hasattr(ours, name)}, config, upstream_given,
@@ -277,17 +299,11 @@ def flatten(namespace, prefix: str = "") -> Dict[str, object]:
     return out
 
 
-SECRET = re.compile(r"key|token|secret|password", re.IGNORECASE)
-# Names that match SECRET but hold no secret: dataset column names and a metric's name.
-NOT_SECRET = re.compile(r"^data\.|^ckpt\.best_metric_key$")
-REDACTED = "<redacted>"
-
-
-def redact(flat: Dict[str, object]) -> Dict[str, object]:
-    """Hide the string values of ``*key*``/``*token*``/``*secret*`` flags (e.g. ``logger.wandb.key``)."""
+def redact(flat: Dict[str, object], secrets=()) -> Dict[str, object]:
+    """Hide the values of secret flags (e.g. ``logger.wandb.key``) and every credential inside a string
+    value (URL user-info, credential query parameters, ``secrets``)."""
     return {
-        name: REDACTED if isinstance(value, str) and SECRET.search(name.split(".")[-1]) and not NOT_SECRET.search(name)
-        else value
+        name: REDACTED if value not in (None, "", [], False) and is_secret_flag(name) else redact_value(value, secrets)
         for name, value in flat.items()
     }
 
@@ -325,8 +341,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         return print_help()
+    output = Output(argv)
     try:
-        ours, settings, upstream_argv = parse(argv)
+        ours, settings, upstream_argv = parse(argv, output)
         if ours.smoke_test is not None:
             return smoke_test(ours, settings, upstream_argv)
         from ..integration.launch import run
@@ -334,13 +351,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args, config, settings = run(upstream_argv, settings, dry_run=ours.dry_run,
                                      explicit_flags=given_flags(upstream_argv), prog=PROG)
     except (ValueError, UpstreamMissing, MissingDependency) as e:
-        print(f"train_ppo_ray: error: {e}", file=sys.stderr)
+        output.error(e)
         return 2
     if ours.dry_run:
+        from ..integration import legacy_flags
+
+        secrets = secret_values(output.tokens, legacy_flags.table())
         resolved = {
-            "upstream": redact(flatten(args)),
-            "offpolicy": {"settings": json.loads(settings.to_json()), "policy_loss": config.describe(),
-                          "vllm_engine_dtype": settings.engine_dtype},
+            "upstream": redact(flatten(args), secrets),
+            "offpolicy": redact_value({"settings": json.loads(settings.to_json()), "policy_loss": config.describe(),
+                                       "vllm_engine_dtype": settings.engine_dtype}, secrets),
         }
         print(json.dumps(resolved, indent=2, sort_keys=True, default=str))
     return 0

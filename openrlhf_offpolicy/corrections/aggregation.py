@@ -32,7 +32,7 @@ def aggregate_loss(
     premasked: bool = False,
 ) -> torch.Tensor:
     """``premasked``: ``loss`` is already 0 off ``mask`` (saves one pass; the value is the same)."""
-    masked = loss if premasked else loss * mask
+    masked = loss if premasked else torch.where(mask != 0, loss * mask, torch.zeros_like(loss))  # never 0 * inf
     if token_level_loss:
         if batch_num_tokens is None:
             return masked.sum() / mask.sum().clamp(min=1.0)

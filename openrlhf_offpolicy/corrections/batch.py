@@ -50,6 +50,8 @@ def make_topk(ids: torch.Tensor, rollout_log_probs: torch.Tensor, log_probs: tor
             f"rollout_topk_ids {tuple(ids.shape)}, rollout_topk_log_probs {tuple(rollout_log_probs.shape)} and "
             f"topk_log_probs {tuple(log_probs.shape)} must share one [batch, actions, K] shape"
         )
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise ValueError(f"rollout_topk_ids must hold integer token ids, got {ids.dtype}")
     if action_ids.shape != ids.shape[:2]:
         raise ValueError(f"action_ids has shape {tuple(action_ids.shape)} but the top-K ids have {tuple(ids.shape)}")
     rollout_log_probs = rollout_log_probs.detach().to(dtype)
@@ -197,6 +199,11 @@ def _as_2d(name: str, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     raise ValueError(f"{name} has shape {tuple(value.shape)} but log_probs has shape {tuple(shape)}")
 
 
+def _bad_mask_value(mask: torch.Tensor) -> str:
+    bad = mask[~((mask == 0) | (mask == 1))]
+    return f"{int(bad.numel())} other value(s), e.g. {float(bad.flatten()[0])!r}"
+
+
 def make_policy_batch(
     log_probs: torch.Tensor,
     old_log_probs: torch.Tensor,
@@ -239,17 +246,28 @@ def make_policy_batch(
 
     # A NaN/Inf anywhere makes that input's sum non-finite: one read-only reduction per input and
     # one synchronisation decide the common all-finite case, which copies nothing. A finite sum can
-    # still overflow to inf; the elementwise check below then finds every entry finite.
+    # still overflow to inf; the elementwise check below then finds every entry finite. The same
+    # synchronisation checks that the action mask holds only 0 and 1 (a NaN or 0.5 is refused).
     tensors = [log_probs.detach(), *inputs.values()]
     sums = torch.stack([t.sum() for t in tensors])
+    mask_ok = None
+    if action_mask is not None and action_mask.dtype != torch.bool:
+        mask_ok = ((mask == 0) | (mask == 1)).all()
+        sums = torch.cat([sums, torch.where(mask_ok, 0.0, float("nan")).to(sums.dtype).reshape(1)])
     topk_bad = topk.nonfinite if topk is not None and topk.nonfinite is not None else None
     if topk_bad is not None:
         sums = torch.cat([sums, topk_bad.any().to(sums.dtype).reshape(1) * float("nan")])
     zero = torch.zeros((), dtype=dtype, device=log_probs.device)
     if bool(torch.isfinite(sums).all()):
+        if action_mask is not None:
+            # A masked token's advantage is never read; zeroed, a huge one (r A = inf) cannot reach a
+            # gradient as 0 x inf through a method's own nonlinearity.
+            inputs["advantages"] = torch.where(mask > 0, inputs["advantages"], zero)
         batch = PolicyBatch(log_probs=log_probs, mask=mask, topk=topk, **inputs)
         nonfinite = 0
     else:
+        if mask_ok is not None and not bool(mask_ok):
+            raise ValueError(f"action_mask must hold only 0 and 1 (or be boolean); it holds {_bad_mask_value(mask)}")
         finite = torch.ones(shape, dtype=torch.bool, device=log_probs.device)
         for t in tensors:
             finite &= torch.isfinite(t)

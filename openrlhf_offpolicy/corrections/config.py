@@ -14,6 +14,7 @@ function so a bad flag fails before Ray starts.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field, make_dataclass
 from functools import lru_cache
@@ -22,7 +23,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 from .divergences import DIVERGENCES
 from .gates import CORRECTIONS, NO_CORRECTION
 from .losses import POLICY_LOSSES
-from .registry import Param, float32_problem
+from .registry import Param, float32_problem, shorten
 from .rejection import Criterion, parse_rejection
 
 DEFAULT_THRESHOLD = (0.5, 5.0)
@@ -179,43 +180,55 @@ class OffPolicyConfig:
 
 
 def finite_float(value: Any, name: str) -> float:
-    """``float(value)`` if it is a finite, float32-representable, non-denormal number, else ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    """``float(value)`` if it is a real number (not a bool or a string) that is finite, float32-representable
+    and not denormal, else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {shorten(value)}")
+    number = float(value)
     problem = float32_problem(number)
     if problem:
-        raise ValueError(f"{name}={value!r}: {problem}")
+        raise ValueError(f"{name}={shorten(value)}: {problem}")
     return number
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` if it is a bool (numpy's included), else ValueError: ``"false"`` or a tensor is not a switch."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {shorten(value)}")
+
+
+def check_name(value: Any, name: str) -> str:
+    """``value`` if it is a string, else ValueError (``["ppo"]`` is not a name)."""
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"{name} must be a string, got {shorten(value)}")
 
 
 def _threshold(value: Optional[Sequence[float]], name: str) -> Tuple[float, float]:
     if value is None:
         return DEFAULT_THRESHOLD
-    if isinstance(value, (str, bytes)):
-        raise ValueError(f"{name} must be LOW HIGH (or a single HIGH), got {value!r}")
-    try:
-        values = [finite_float(v, name) for v in value]
-    except TypeError:
-        raise ValueError(f"{name} must be LOW HIGH (or a single HIGH), got {value!r}") from None
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be LOW HIGH (or a single HIGH), got {shorten(value)}")
+    values = [finite_float(v, name) for v in value]
     if len(values) == 1:  # a single value is an upper bound only (upstream 0.11.2 CLI semantics)
         values.insert(0, 0.0)
     if len(values) != 2:
-        raise ValueError(f"{name} must be LOW HIGH (or a single HIGH), got {value!r}")
+        raise ValueError(f"{name} must be LOW HIGH (or a single HIGH), got {shorten(value)}")
     return values[0], values[1]
 
 
 def upstream_correction(level: str, mode: str, gating: str) -> Optional[str]:
     """The correction upstream 0.11.2's ``is_correction_*`` kwargs select (None when off)."""
+    level = check_name(level, "is_correction_level")
+    mode = check_name(mode, "is_correction_mode")
+    gating = check_name(gating, "is_correction_gating")
     if level not in {"off", "token", "seq"}:
-        raise ValueError(f"is_correction_level must be off/token/seq, got {level!r}")
+        raise ValueError(f"is_correction_level must be off/token/seq, got {shorten(level)}")
     if mode not in {"mask", "clip"}:
-        raise ValueError(f"is_correction_mode must be mask/clip, got {mode!r}")
+        raise ValueError(f"is_correction_mode must be mask/clip, got {shorten(mode)}")
     if gating not in {"ratio", "binary_kl", "tv"}:
-        raise ValueError(f"is_correction_gating must be ratio/binary_kl/tv, got {gating!r}")
+        raise ValueError(f"is_correction_gating must be ratio/binary_kl/tv, got {shorten(gating)}")
     if mode == "clip" and (level == "seq" or gating != "ratio"):
         raise ValueError("is_correction_mode=clip requires is_correction_level=token and is_correction_gating=ratio")
     if level == "off":
@@ -256,10 +269,12 @@ def resolve_correction(
     if upstream is not None:
         upstream_choice = (upstream, _threshold(is_correction_threshold, "is_correction_threshold"))
     seed_choice = None
-    if enable_vllm_is_correction:
+    vllm_is_correction_type = check_name(vllm_is_correction_type, "vllm_is_correction_type")
+    if check_bool(enable_vllm_is_correction, "enable_vllm_is_correction"):
         if vllm_is_correction_type not in correction_choices():
             raise ValueError(
-                f"unknown vllm_is_correction_type {vllm_is_correction_type!r}; choose from {correction_choices()}"
+                f"unknown vllm_is_correction_type {shorten(vllm_is_correction_type)}; "
+                f"choose from {correction_choices()}"
             )
         seed_choice = (
             CORRECTIONS.canonical(vllm_is_correction_type),
@@ -330,7 +345,9 @@ def resolve_config(
 ) -> OffPolicyConfig:
     """Validate every argument and return the resolved configuration (ValueError on bad input)."""
     params = resolve_method_params(method_kwargs)
-    loss = POLICY_LOSSES.get(policy_loss_type)
+    loss = POLICY_LOSSES.get(check_name(policy_loss_type, "policy_loss_type"))
+    token_level_loss = check_bool(token_level_loss, "token_level_loss")
+    is_batch_normalize = check_bool(is_batch_normalize, "is_batch_normalize")
     clip_eps_low, clip_eps_high, dual_clip = check_clip(clip_eps_low, clip_eps_high, dual_clip)
     correction, threshold = resolve_correction(
         is_correction_level=is_correction_level,
@@ -343,8 +360,6 @@ def resolve_config(
     )
     correction, anchor_on_rollout = combine_loss_and_correction(loss, correction)
     criteria = parse_rejection(rejection)
-    if not isinstance(is_batch_normalize, bool):
-        raise ValueError(f"is_batch_normalize must be True or False, got {is_batch_normalize!r}")
     if is_batch_normalize and correction == NO_CORRECTION:
         raise ValueError("is_batch_normalize rescales a correction's IS weights, but no correction is selected "
                          "(enable_vllm_is_correction / is_correction_level)")
@@ -355,11 +370,11 @@ def resolve_config(
         clip_eps_low=clip_eps_low,
         clip_eps_high=clip_eps_high,
         dual_clip=dual_clip,
-        token_level_loss=bool(token_level_loss) and not loss.sequence_level,
+        token_level_loss=token_level_loss and not loss.sequence_level,
         anchor_on_rollout=anchor_on_rollout,
         params=params,
         rejection=criteria,
-        is_batch_normalize=bool(is_batch_normalize),
+        is_batch_normalize=is_batch_normalize,
     )
     for entry in (config.correction_entry, config.loss_entry):
         if getattr(entry, "validate", None) is not None:

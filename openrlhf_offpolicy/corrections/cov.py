@@ -31,7 +31,7 @@ from ._torch import torch
 from .batch import PolicyBatch, Surrogate
 from .losses import POLICY_LOSSES, lazy_token_mean
 from .ppo import clipped_surrogate
-from .registry import Param, positive, unit_interval
+from .registry import Param, scale_in, unit_interval
 
 
 def token_covariance(batch: PolicyBatch) -> torch.Tensor:
@@ -106,7 +106,7 @@ def clip_cov_loss(batch: PolicyBatch, cfg) -> Surrogate:
     params=(
         Param("kl_cov_ratio", 0.0002, "KL-Cov fraction of valid tokens (largest covariance) that get the KL penalty",
               check=unit_fraction),
-        Param("kl_cov_coef", 1.0, "KL-Cov coefficient of the |log r| penalty", check=positive),
+        Param("kl_cov_coef", 1.0, "KL-Cov coefficient of the |log r| penalty", check=scale_in(1e-30, 1e6)),
     ),
 )
 def kl_cov_loss(batch: PolicyBatch, cfg) -> Surrogate:

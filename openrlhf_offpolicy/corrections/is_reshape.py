@@ -22,14 +22,25 @@ constant times A).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 from ._torch import torch
 
 from .batch import PolicyBatch, Surrogate
 from .losses import POLICY_LOSSES, no_clipping, lazy_token_mean
-from .registry import Param, Registry, positive, unit_interval
+from .registry import FLOAT32_MAX, FLOAT32_TINY, Param, Registry, positive, unit_interval
 
 KERNELS = Registry("IS-Reshape kernel")
+
+
+def kernel_width(value: float) -> Optional[str]:
+    """A width whose square is a normal float32 and whose 2 w^2 is finite (the gaussian divides by it):
+    a narrower or wider kernel makes K(0) = 0/0 or its weights non-finite in float32."""
+    if not value > 0:
+        return "must be > 0"
+    if not FLOAT32_TINY <= value * value <= FLOAT32_MAX / 2:
+        return f"must lie in [{math.sqrt(FLOAT32_TINY):.3g}, {math.sqrt(FLOAT32_MAX / 2):.3g}] (w^2 in float32)"
+    return None
 GAMMA_MODES = Registry("IS-Reshape gamma mode")
 
 
@@ -82,7 +93,7 @@ def advantage_gamma(advantages, log_ratio, g0: float, temp: float):
     gradient_weight="`(1-g) + g r K(r-1)`",
     params=(
         Param("is_reshape_kernel", "sech2", "IS-Reshape kernel", type=str, choices=KERNELS.names),
-        Param("is_reshape_width", 1.0, "IS-Reshape kernel width w", check=positive),
+        Param("is_reshape_width", 1.0, "IS-Reshape kernel width w", check=kernel_width),
         Param("is_reshape_gamma", 1.0, "IS-Reshape mixing g0 between SFT (0) and kernel IS (1)", check=unit_interval),
         Param(
             "is_reshape_gamma_mode", "fixed", "IS-Reshape rule for g", type=str, choices=GAMMA_MODES.names

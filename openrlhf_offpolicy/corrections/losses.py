@@ -10,6 +10,7 @@ Every fact about a loss is a field of its ``PolicyLossEntry`` (see there).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Optional, Tuple
 
 from ._torch import torch
@@ -85,5 +86,4 @@ def token_mean(x: torch.Tensor, batch) -> Mean:
 
 def lazy_token_mean(x: torch.Tensor, batch) -> Callable[[], Mean]:
     """``token_mean`` computed only when the metric is read (``PolicyLoss.statistics`` calls it)."""
-    x = x.detach()
-    return lambda: token_mean(x, batch)
+    return partial(token_mean, x.detach(), batch)  # a partial, not a lambda: PolicyLoss stays picklable

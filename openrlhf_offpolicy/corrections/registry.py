@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import numbers
 import pkgutil
 import struct
 from dataclasses import dataclass, field
@@ -28,6 +29,18 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32
+ECHO_LIMIT = 80  # characters of a user's input echoed in an error message
+
+
+def shorten(value: Any, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for echoing input in a one-line message."""
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__ must not replace the real error
+        text = f"<{type(value).__name__}>"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 20]}...{text[-12:]} ({len(text)} characters)"
 
 
 def float32_problem(value: float) -> Optional[str]:
@@ -65,41 +78,60 @@ class Param:
     metavar: Optional[Tuple[str, ...]] = None  # names of a pair's values (README, --help)
 
     def validate(self, value: Any) -> Any:
-        """Return ``value`` normalised (pairs become tuples), or raise ValueError."""
+        """Return ``value`` normalised (pairs become tuples), or raise ValueError.
+
+        Types are checked, not coerced: a float parameter takes a real number (not a bool, a string
+        or a tensor), a str parameter a string, and every float is finite, representable in float32
+        and not denormal there."""
         if value is None:
             if self.optional:
                 return None
             raise ValueError(f"{self.name} must be set (got None)")
         if self.nargs is not None:
-            if isinstance(value, (str, bytes)):
-                raise ValueError(f"{self.name} must be {self.nargs} numbers, got {value!r}")
-            try:
-                value = tuple(self.type(v) for v in value)
-            except (TypeError, ValueError):
-                raise ValueError(f"{self.name} must be {self.nargs} numbers, got {value!r}") from None
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise ValueError(f"{self.name} must be {self.nargs} numbers, got {shorten(value)}")
             if len(value) != self.nargs:
-                raise ValueError(f"{self.name} must be {self.nargs} numbers, got {value!r}")
+                raise ValueError(f"{self.name} must be {self.nargs} numbers, got {shorten(value)}")
+            value = tuple(self._scalar(v) for v in value)
         else:
-            if self.type is float and isinstance(value, bool):
-                raise ValueError(f"{self.name} must be a float, got {value!r}")
-            try:
-                value = self.type(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"{self.name} must be a {self.type.__name__}, got {value!r}") from None
+            value = self._scalar(value)
         if self.type is float:
             for v in value if self.nargs is not None else (value,):
                 problem = float32_problem(v)
                 if problem:
-                    raise ValueError(f"{self.name}={value!r}: {problem}")
+                    raise ValueError(f"{self.name}={shorten(value)}: {problem}")
         if self.choices is not None:
             allowed = list(self.choices())
             if value not in allowed:
-                raise ValueError(f"{self.name}={value!r} is not one of {allowed}")
+                raise ValueError(f"{self.name}={shorten(value)} is not one of {allowed}")
         if self.check is not None:
             problem = self.check(value)
             if problem:
-                raise ValueError(f"{self.name}={value!r}: {problem}")
+                raise ValueError(f"{self.name}={shorten(value)}: {problem}")
         return value
+
+    def _scalar(self, value: Any) -> Any:
+        """One value of the declared type (ints are accepted for floats), else ValueError."""
+        if self.type is float:
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                return float(value)
+            raise ValueError(f"{self.name} must be a float, got {shorten(value)}")
+        if self.type is str:
+            if isinstance(value, str):
+                return value
+            raise ValueError(f"{self.name} must be a string, got {shorten(value)}")
+        if self.type is int:
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                return int(value)
+            raise ValueError(f"{self.name} must be an integer, got {shorten(value)}")
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError(f"{self.name} must be True or False, got {shorten(value)}")
+        try:
+            return self.type(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.name} must be a {self.type.__name__}, got {shorten(value)}") from None
 
 
 @dataclass(frozen=True)
@@ -196,13 +228,15 @@ class Registry:
         return (named.index(module), "") if module in named else (len(named), module)
 
     def canonical(self, name: str) -> str:
-        """The registered name for ``name`` or one of its aliases; ValueError if unknown."""
+        """The registered name for ``name`` or one of its aliases; ValueError if unknown (or not a string)."""
         self._ensure_loaded()
+        if not isinstance(name, str):
+            raise ValueError(f"a {self.kind} name must be a string, got {shorten(name)}")
         if name in self._entries:
             return name
         if name in self._aliases:
             return self._aliases[name]
-        raise ValueError(f"unknown {self.kind} {name!r}; choose from {self.names(with_aliases=True)}")
+        raise ValueError(f"unknown {self.kind} {shorten(name)}; choose from {self.names(with_aliases=True)}")
 
     def get(self, name: str) -> Entry:
         return self._entries[self.canonical(name)]
@@ -230,6 +264,23 @@ class Registry:
 
 def positive(value: float) -> Optional[str]:
     return None if value > 0 else "must be > 0"
+
+
+def scale_in(low: float, high: float) -> Callable[[float], Optional[str]]:
+    """A check for a positive scale in [low, high]: outside it a method's loss or gradient overflows float32
+    (e.g. SAPO's 4/tau gate with tau = 1e-38). A picklable callable, not a closure."""
+    return _ScaleIn(low, high)
+
+
+@dataclass(frozen=True)
+class _ScaleIn:
+    low: float
+    high: float
+
+    def __call__(self, value: float) -> Optional[str]:
+        if not value > 0:
+            return "must be > 0"
+        return None if self.low <= value <= self.high else f"must lie in [{self.low:g}, {self.high:g}]"
 
 
 def non_negative(value: float) -> Optional[str]:

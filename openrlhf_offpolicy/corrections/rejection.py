@@ -38,7 +38,9 @@ step statistics (``metrics``), exact over a training step.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Callable, Dict, Iterable, Sequence, Tuple, Union
 
 from ._torch import torch
@@ -46,6 +48,7 @@ from ._torch import torch
 from .batch import Correction, PolicyBatch
 from .divergences import binary_kl
 from .metrics import Mean, sequence_mean, token_mean
+from .registry import float32_problem, shorten
 from .stats import broadcast_seq
 
 AGGREGATIONS = ("token", "seq_sum", "seq_mean", "seq_max")
@@ -141,26 +144,32 @@ RULES: Dict[str, Callable] = {f"{a}_{s}": _band_rule(a, s) for a in AGGREGATIONS
 RULES.update(token_kpop=_token_kpop, opsm=_opsm, veto=_veto)
 
 
+# A plain ASCII decimal: no digit separators, no non-ASCII digits, no inf/nan, no hex.
+DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def _number(text: str, criterion: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"rejection criterion {criterion!r}: {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError(f"rejection criterion {criterion!r}: bounds must be finite, got {text!r}")
+    if not DECIMAL.fullmatch(text):
+        raise ValueError(f"rejection criterion {shorten(criterion)}: {shorten(text)} is not a number "
+                         "(a finite ASCII decimal such as 0.05)")
+    value = float(text)
+    problem = float32_problem(value)
+    if problem:
+        raise ValueError(f"rejection criterion {shorten(criterion)}: bound {shorten(text)} {problem}")
     return value
 
 
 def parse_criterion(text: str) -> Criterion:
     """``"seq_max_k2:0.05"`` -> ``Criterion``; ValueError with a one-line reason on bad input."""
     if not isinstance(text, str):
-        raise ValueError(f"a rejection criterion must be a string like 'seq_max_k2:0.05', got {text!r}")
+        raise ValueError(f"a rejection criterion must be a string like 'seq_max_k2:0.05', got {shorten(text)}")
     name = text.strip()
     rule, *bounds_text = name.split(":")
     if rule not in RULES:
         hint = " (seq_max takes k2 or k3 only: k1 is signed)" if rule == "seq_max_k1" else ""
         raise ValueError(
-            f"unknown rejection criterion {rule!r} in {name!r}{hint}; use AGG_METRIC:HIGH or AGG_METRIC:LOW:HIGH "
+            f"unknown rejection criterion {shorten(rule)} in {shorten(name)}{hint}; "
+            "use AGG_METRIC:HIGH or AGG_METRIC:LOW:HIGH "
             f"with AGG in {list(AGGREGATIONS)} and METRIC in {list(STATISTICS)}, or {', '.join(SPECIAL)}"
         )
     bounds = [_number(b, name) for b in bounds_text]
@@ -168,39 +177,50 @@ def parse_criterion(text: str) -> Criterion:
     if statistic == "k1":
         if len(bounds) == 1:
             if not bounds[0] > 0:
-                raise ValueError(f"rejection criterion {name!r}: a single k1 bound H means [-H, H] and needs H > 0")
+                raise ValueError(f"rejection criterion {shorten(name)}: a single k1 bound H means [-H, H] "
+                                 "and needs H > 0")
             bounds = [-bounds[0], bounds[0]]
         if len(bounds) != 2:
-            raise ValueError(f"rejection criterion {name!r}: k1 takes HIGH or LOW:HIGH")
+            raise ValueError(f"rejection criterion {shorten(name)}: k1 takes HIGH or LOW:HIGH")
         low, high = bounds
         if not low <= 0.0 <= high or low == high:
-            raise ValueError(f"rejection criterion {name!r}: the log-ratio band [{low}, {high}] must contain 0 "
+            raise ValueError(f"rejection criterion {shorten(name)}: the log-ratio band [{low}, {high}] must contain 0 "
                              "(an on-policy token) and have LOW < HIGH")
         return Criterion(name, rule, low, high)
     if len(bounds) != 1:
-        raise ValueError(f"rejection criterion {name!r} takes exactly one value ({rule}:VALUE)")
+        raise ValueError(f"rejection criterion {shorten(name)} takes exactly one value ({rule}:VALUE)")
     value = bounds[0]
     if rule == "veto":
         if not 0.0 < value < 1.0:
-            raise ValueError(f"rejection criterion {name!r}: veto:LOW needs 0 < LOW < 1 (a ratio floor)")
+            raise ValueError(f"rejection criterion {shorten(name)}: veto:LOW needs 0 < LOW < 1 (a ratio floor)")
         return Criterion(name, rule, value, math.inf)
     if rule == "opsm":
         return Criterion(name, rule, -math.inf, value)
     if not value > 0:  # k2, k3, token_kpop: an upper bound on a non-negative divergence
-        raise ValueError(f"rejection criterion {name!r}: {rule} takes an upper bound > 0 only")
+        raise ValueError(f"rejection criterion {shorten(name)}: {rule} takes an upper bound > 0 only")
     return Criterion(name, rule, 0.0, value)
 
 
 def parse_rejection(value: Union[None, str, Iterable[str]]) -> Tuple[Criterion, ...]:
-    """The ``rejection`` kwarg: None, one criterion string, or a sequence of them."""
+    """The ``rejection`` kwarg: None, one criterion string, or a list/tuple of them; the same criterion
+    (rule and bounds, however written: ``0.05`` and ``0.050``) at most once."""
     if value is None:
         return ()
-    texts = [value] if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        texts = [value]
+    elif isinstance(value, (list, tuple)):
+        texts = list(value)
+    else:
+        raise ValueError(f"rejection must be a criterion string or a list of them (e.g. ['seq_max_k2:0.05']), "
+                         f"got {shorten(value)}")
     criteria = tuple(parse_criterion(t) for t in texts)
-    names = [c.name for c in criteria]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"rejection criterion given twice: {duplicates}")
+    seen: Dict[tuple, Criterion] = {}
+    for criterion in criteria:
+        key = (criterion.rule, criterion.low, criterion.high)
+        if key in seen:
+            raise ValueError(f"rejection criterion given twice: {shorten(seen[key].name)} and "
+                             f"{shorten(criterion.name)} are the same criterion")
+        seen[key] = criterion
     return criteria
 
 
@@ -221,14 +241,21 @@ def apply_rejection(correction: Correction, batch: PolicyBatch, criteria: Sequen
             kept = broadcast_seq(kept, batch.mask)
         keep = keep & kept
     rejected_here = batch.on & ~keep
-    metrics["rejection/masked_frac"] = lambda: token_mean(rejected_here, batch.mask)
+    metrics["rejection/masked_frac"] = partial(token_mean, rejected_here, batch.mask)
     coef = torch.where(keep, correction.coef, torch.zeros_like(correction.coef))
     return replace(correction, coef=coef, rejected=correction.rejected | rejected_here,
                    metrics={**correction.metrics, **metrics})
 
 
 def _masked_frac(kept: torch.Tensor, per_sequence: bool, batch: PolicyBatch) -> Callable[[], Mean]:
-    """The criterion's rejection rate, read lazily: a sequence mean, or a token mean."""
-    if per_sequence:
-        return lambda: sequence_mean(~kept & batch.has_tokens, batch.has_tokens)
-    return lambda: token_mean(~kept & batch.on, batch.mask)
+    """The criterion's rejection rate, read lazily: a sequence mean, or a token mean (a ``partial`` of a
+    module-level function, so a ``PolicyLoss`` holding it still pickles)."""
+    return partial(_sequence_rejected if per_sequence else _token_rejected, kept, batch)
+
+
+def _sequence_rejected(kept: torch.Tensor, batch: PolicyBatch) -> Mean:
+    return sequence_mean(~kept & batch.has_tokens, batch.has_tokens)
+
+
+def _token_rejected(kept: torch.Tensor, batch: PolicyBatch) -> Mean:
+    return token_mean(~kept & batch.on, batch.mask)

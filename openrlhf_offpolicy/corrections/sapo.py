@@ -10,11 +10,13 @@ for negative advantages (tau_neg > tau_pos). The paper aggregates seq-mean-token
 
 from __future__ import annotations
 
+from functools import partial
+
 from ._torch import torch
 
 from .batch import PolicyBatch, Surrogate
 from .losses import POLICY_LOSSES, no_clipping, token_mean
-from .registry import Param, positive
+from .registry import Param, positive, scale_in
 
 
 def _choose(condition: torch.Tensor, if_true: float, if_false: float, like: torch.Tensor) -> torch.Tensor:
@@ -25,8 +27,11 @@ def _choose(condition: torch.Tensor, if_true: float, if_false: float, like: torc
 
 def _gate_mean(sigmoid: torch.Tensor, batch: PolicyBatch):
     """mean_t 4 s (1 - s) from the loss's own sigmoid s, read lazily: sapo/gate_mean."""
-    s = sigmoid.detach()
-    return lambda: token_mean(4 * s * (1 - s), batch)
+    return partial(_gate_mean_value, sigmoid.detach(), batch)  # picklable, unlike a lambda
+
+
+def _gate_mean_value(s: torch.Tensor, batch: PolicyBatch):
+    return token_mean(4 * s * (1 - s), batch)
 
 
 @POLICY_LOSSES.register(
@@ -38,8 +43,8 @@ def _gate_mean(sigmoid: torch.Tensor, batch: PolicyBatch):
     formula="`-(4/tau) sigmoid(tau (r-1)) A`",
     gradient_weight="`r sech^2(tau (r-1)/2)`",
     params=(
-        Param("sapo_tau_pos", 1.0, "SAPO gate temperature for positive advantages", check=positive),
-        Param("sapo_tau_neg", 1.05, "SAPO gate temperature for non-positive advantages", check=positive),
+        Param("sapo_tau_pos", 1.0, "SAPO gate temperature for positive advantages", check=scale_in(1e-6, 1e6)),
+        Param("sapo_tau_neg", 1.05, "SAPO gate temperature for non-positive advantages", check=scale_in(1e-6, 1e6)),
     ),
 )
 def sapo_loss(batch: PolicyBatch, cfg) -> Surrogate:

@@ -115,22 +115,31 @@ def trust_region_mask(batch: PolicyBatch, cfg) -> Correction:
     return out
 
 
-def _upstream_divergence_gate(name: str, per_sequence: bool):
-    """Upstream 0.11.2 gating: D(pi_roll, pi_old) per token or its per-sequence mean in [0, delta]."""
+class UpstreamDivergenceGate:
+    """Upstream 0.11.2 gating: D(pi_roll, pi_old) per token or its per-sequence mean in [0, delta].
 
-    def gate(batch: PolicyBatch, cfg) -> Correction:
+    A module-level class rather than a closure, so a ``PolicyLoss`` holding it pickles (as upstream's does).
+    """
+
+    def __init__(self, name: str, per_sequence: bool) -> None:
+        self.divergence, self.per_sequence = name, per_sequence
+        self.__name__ = f"{'seq_' if per_sequence else ''}{name}_gate"
+        self.__qualname__ = self.__name__
+        self.__module__ = __name__
+        self.__doc__ = (
+            f"Drop {'a sequence whose mean' if per_sequence else 'a token whose'} sampled-token {name} "
+            "between pi_roll and pi_old exceeds the bound; kept tokens carry rho_t."
+        )
+
+    def __call__(self, batch: PolicyBatch, cfg) -> Correction:
         low, high = cfg.threshold
-        div = token_divergence(batch, name, batch.old_log_probs)
-        if per_sequence:
+        div = token_divergence(batch, self.divergence, batch.old_log_probs)
+        if self.per_sequence:
             return sequence_gate(batch, in_band(seq_mean(div, batch.mask), low, high), token_ratio(batch))
         return token_gate(batch, in_band(div, low, high), token_ratio(batch))
 
-    gate.__name__ = f"{'seq_' if per_sequence else ''}{name}_gate"
-    gate.__doc__ = (
-        f"Drop {'a sequence whose mean' if per_sequence else 'a token whose'} sampled-token {name} "
-        "between pi_roll and pi_old exceeds the bound; kept tokens carry rho_t."
-    )
-    return gate
+    def __reduce__(self):
+        return (UpstreamDivergenceGate, (self.divergence, self.per_sequence))
 
 
 _UPSTREAM_GATE_SOURCE = "OpenRLHF 0.11.2 is_correction_gating (FlashREINFORCE trust region)"
@@ -144,7 +153,7 @@ for _div, _label in (("binary_tv", "tv"), ("binary_kl", "binary-kl")):
         statistic=_STATISTIC[_div],
         action="drop token above delta",
         coefficient="`rho_t`",
-    )(_upstream_divergence_gate(_div, per_sequence=False))
+    )(UpstreamDivergenceGate(_div, per_sequence=False))
     CORRECTIONS.register(
         f"seq-{_label}-mask",
         threshold="divergence",
@@ -153,4 +162,4 @@ for _div, _label in (("binary_tv", "tv"), ("binary_kl", "binary-kl")):
         statistic=f"per-sequence mean of the {_STATISTIC[_div]}",
         action="drop sequence above delta",
         coefficient="`rho_t`",
-    )(_upstream_divergence_gate(_div, per_sequence=True))
+    )(UpstreamDivergenceGate(_div, per_sequence=True))

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from ..corrections.metrics import Mean
 from ..models.loss import PolicyLoss
 from .settings import OffPolicySettings
 
@@ -55,11 +56,37 @@ class OpenRLHFPolicyLoss(PolicyLoss):
         super().__init__(**upstream_kwargs, **self.settings.loss_kwargs)
         self.experience_info: Optional[dict] = None
 
-    def forward(self, *args, **kwargs):
+    def forward(self, log_probs, old_log_probs, advantages, action_mask=None, *args, **kwargs):
         pending = PENDING.get()
         if pending is not None:
             kwargs.update(pending.loss_kwargs())
-        return super().forward(*args, **kwargs)
+        excluded = None
+        if self.settings.match_rollout_sampling:
+            excluded = excluded_tokens(log_probs, old_log_probs, action_mask)
+        out = super().forward(log_probs, old_log_probs, advantages, action_mask, *args, **kwargs)
+        self._excluded = excluded
+        return out
+
+    @property
+    def statistics(self):
+        stats = super().statistics
+        excluded = getattr(self, "_excluded", None)
+        if excluded is not None and "sampling/excluded_token_frac" not in stats:
+            stats["sampling/excluded_token_frac"] = Mean(total=excluded[0], count=excluded[1])
+        return stats
+
+
+def excluded_tokens(log_probs: torch.Tensor, old_log_probs: torch.Tensor, action_mask) -> tuple:
+    """(action tokens whose pi_theta or pi_old is exactly 0 under the matched truncation, action tokens).
+
+    With ``--match_rollout_sampling`` a log-prob of -inf means the token the rollout sampled lies
+    outside the trainer's kept set (the two samplers' kept sets differ at the boundary, see
+    ``models.logprobs``). The loss masks such a token like any non-finite input
+    (``loss/nonfinite_frac``); ``sampling/excluded_token_frac`` counts it separately."""
+    with torch.no_grad():
+        outside = torch.isneginf(log_probs.detach()) | torch.isneginf(old_log_probs.detach())
+        mask = torch.ones_like(outside, dtype=torch.float32) if action_mask is None else (action_mask > 0).float()
+        return (outside.float() * mask).sum().cpu(), mask.sum().cpu()
 
 
 def policy_loss_class(settings: OffPolicySettings) -> type:

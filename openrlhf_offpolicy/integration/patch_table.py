@@ -138,6 +138,11 @@ PATCHES: List[Patch] = [
     Patch(_PPO_ACTOR, "PolicyModelActor.forward", _factory("wrappers:policy_forward"),
           when=own_log_prob_kernel, why="old log-probs: the rollout truncation applies to the policy, not to "
                                         "the reference model"),
+    *[Patch(module, "compute_approx_kl", _factory("wrappers:approx_kl_outside_truncation"),
+            when=lambda settings: settings.match_rollout_sampling,
+            why="KL to the reference is 0, not the estimator's cap, on a sampled token outside the trainer's "
+                "truncation (log-prob -inf; masked out of the loss and counted)")
+      for module in ("openrlhf.trainer.ppo_utils.experience_maker", _PPO_ACTOR)],
     # ---- top-K log-probs (--vllm_logprobs_topk)
     *[Patch(module, "Experience", _factory("topk:experience_class"), when=topk_on,
             why="Experience plus the rollout's top-K fields, wherever upstream bound the name")

@@ -32,6 +32,7 @@ generator, which are different processes in async mode.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -145,10 +146,27 @@ def group_versions(versions: List[SampleVersion], group_size: int) -> List[Sampl
     return out
 
 
-def min_samples_per_step(args) -> int:
-    """Upstream splits a step's samples over the actor's data-parallel ranks: one each at least."""
+def dp_ranks(args) -> int:
+    """The actor's data-parallel ranks, as upstream counts its "effective actors"."""
     actor, ds = args.actor, args.ds
     return max(1, actor.num_nodes * actor.num_gpus_per_node // ds.ring_attn_size // ds.tensor_parallel_size)
+
+
+def lockstep_unit(args) -> int:
+    """A sample count that every DP rank trains on in lockstep (same number of micro-steps).
+
+    Upstream (0.11.2) cuts a step's samples into experience batches of ``rollout.micro_batch_size``
+    (``RemoteExperienceMaker.split_rollout_samples``), gives each rank ceil(batches / R) of them
+    (``RayActorGroup.async_run_method_batch``), and each rank trains floor(its samples /
+    ``train.micro_batch_size``) micro-steps (``ppo_train``'s DataLoader, ``drop_last``). With a
+    multiple of R * rollout.micro_batch_size and of R * train.micro_batch_size samples every rank
+    gets the same whole batches and micro-steps, and no sample is dropped by ``drop_last``.
+    Dynamic batching syncs the micro-step count itself; it only needs a multiple of R.
+    """
+    ranks = dp_ranks(args)
+    if getattr(args.train, "dynamic_batch_enable", False):
+        return ranks
+    return math.lcm(ranks * int(args.rollout.micro_batch_size), ranks * int(args.train.micro_batch_size))
 
 
 def with_staleness_filter(train_step, max_staleness: Optional[int]):
@@ -157,8 +175,9 @@ def with_staleness_filter(train_step, max_staleness: Optional[int]):
         state = trainer_version(self)
         state.version = global_step
         versions = group_versions(sample_versions(rollout_samples), self.args.rollout.n_samples_per_prompt)
-        kept, stats = filter_step(global_step, rollout_samples, versions, max_staleness)
-        if len(kept) < min_samples_per_step(self.args):
+        kept, stats = filter_step(global_step, rollout_samples, versions, max_staleness,
+                                  unit=lockstep_unit(self.args), group=self.args.rollout.n_samples_per_prompt)
+        if len(kept) < dp_ranks(self.args):
             # Nothing (or too little for the DP ranks) is fresh enough: no update this step; the next
             # batches come from weights at most as old as the trainer's.
             return {**stats, "staleness/skipped_step": 1.0}, global_step

@@ -111,17 +111,39 @@ def experience_field(routed, truncate_length: int) -> torch.Tensor:
     """vLLM's ``[n_obs - 1, L, k]`` -> ``[1, L, k, T]`` compact ids, the last token's row 0.
 
     vLLM 0.29 hands out numpy uint8 ids for up to 256 experts, else uint16: kept as uint8, or
-    stored as int16 (torch has no general uint16).
+    stored as int16 (torch has no general uint16). Checked once per sample (``check_routed_rows``).
     """
-    array = np.asarray(routed)
-    if array.ndim != 3:
-        raise RoutingReplayError(f"routed experts must be [tokens, layers, top_k], got {tuple(array.shape)}")
-    if array.size and (array.min() < 0 or array.max() > torch.iinfo(torch.int16).max):
-        raise RoutingReplayError("routed expert ids out of range")
+    array = check_routed_rows(routed)
     dtype = torch.uint8 if array.dtype == np.uint8 else torch.int16
     rows = torch.from_numpy(array.astype(np.int64)).to(dtype)
     rows = torch.cat([rows, rows.new_zeros((1, *rows.shape[1:]))])[:truncate_length]
     return rows.permute(1, 2, 0).unsqueeze(0).contiguous()
+
+
+def check_routed_rows(routed) -> np.ndarray:
+    """vLLM's routed experts of one sample as an integer array ``[tokens, layers, top_k]``, or a one-line
+    ``RoutingReplayError``: the dtype (bools, floats and NaN are refused, never truncated), the shape,
+    the range of a stored id and ids repeated within a token's top-k (naming the token and the layer)."""
+    array = np.asarray(routed)
+    if array.ndim != 3:
+        raise RoutingReplayError(f"routed experts must be [tokens, layers, top_k], got {tuple(array.shape)}")
+    if array.dtype.kind not in "iu":
+        raise RoutingReplayError(f"routed experts must be integer ids, got {array.dtype} (a float id would be "
+                                 "truncated, a NaN stored as expert 0)")
+    if array.size == 0:
+        return array
+    out_of_range = (array < 0) | (array > torch.iinfo(torch.int16).max)
+    if out_of_range.any():
+        token, layer, slot = (int(i) for i in np.argwhere(out_of_range)[0])
+        raise RoutingReplayError(f"routed expert id {int(array[token, layer, slot])} out of range at token {token}, "
+                                 f"MoE layer {layer}")
+    ordered = np.sort(array, axis=-1)
+    repeated = (ordered[..., 1:] == ordered[..., :-1]).any(axis=-1)
+    if repeated.any():
+        token, layer = (int(i) for i in np.argwhere(repeated)[0])
+        raise RoutingReplayError(f"routed experts name one expert twice at token {token}, MoE layer {layer}: "
+                                 f"{array[token, layer].tolist()}")
+    return array
 
 
 def with_routed_experience(process):
@@ -213,6 +235,18 @@ def replay_rows(routed: torch.Tensor, attention_mask: torch.Tensor, packed: bool
     return rows, mask
 
 
+class RowLocator:
+    """Names router row n as "sample b, token t" in the micro-batch (for ``RoutingReplayError``)."""
+
+    def __init__(self, attention_mask: torch.Tensor, packed: bool) -> None:
+        self.length = attention_mask.shape[1]
+        self.flat = attention_mask.cpu().flatten().bool().nonzero().flatten() if packed else None
+
+    def __call__(self, row: int) -> str:
+        flat = int(self.flat[row]) if self.flat is not None else row
+        return f"sample {flat // self.length}, token {flat % self.length}"
+
+
 def scoring_rows(action_mask: torch.Tensor, attention_mask: torch.Tensor, packed: bool) -> torch.Tensor:
     """``[N]`` bool: router positions whose logits score an action token (p scores token p + 1)."""
     batch, length = attention_mask.shape
@@ -273,7 +307,7 @@ def with_routing_actor_forward(forward):
         if request["routed"] is None:
             raise RoutingReplayError("--routing_replay r3: the old-log-prob forward received no routed experts")
         rows, mask = replay_rows(request["routed"], attention_mask, packed)
-        with controller.replay(rows, mask):
+        with controller.replay(rows, mask, locate=RowLocator(attention_mask, packed)):
             return forward(self, sequences, action_mask, attention_mask, *args, **kwargs)
 
     return wrapped
@@ -301,7 +335,8 @@ def with_routing_training_step(training_step):
             flip_rate.fill_(counts.flipped_pairs / pairs)
             replayed_frac.fill_(counts.replayed_pairs / pairs)
 
-        with controller.replay(rows, mask, on_forward=record_counts):
+        with controller.replay(rows, mask, on_forward=record_counts,
+                               locate=RowLocator(experience.attention_mask, packed)):
             return training_step(self, experience, *args, **kwargs)
 
     return wrapped

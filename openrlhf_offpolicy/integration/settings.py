@@ -15,6 +15,15 @@ from typing import Any, Dict, Iterable, Optional
 from .upstream_args import loss_kwargs_from_args, vllm_enabled
 
 ENV_VAR = "OPENRLHF_OFFPOLICY_SETTINGS"
+
+
+def _as_json_value(value: Any) -> Any:
+    """``value`` as JSON will give it back: tuples (nested too) become lists."""
+    if isinstance(value, (list, tuple)):
+        return [_as_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _as_json_value(v) for k, v in value.items()}
+    return value
 MAX_LOGPROBS_TOPK = 20  # vLLM's default max_logprobs
 
 
@@ -62,6 +71,10 @@ class OffPolicySettings:
     smoke_mismatch: str = "bf16"
     smoke_mismatch_scale: Optional[float] = None
 
+    def __post_init__(self) -> None:
+        # JSON has no tuples: sequences are kept as lists, so ``from_json(to_json(s)) == s`` exactly.
+        object.__setattr__(self, "loss_kwargs", {str(k): _as_json_value(v) for k, v in dict(self.loss_kwargs).items()})
+
     def loss_config(self, args):
         """Resolve (and validate) the ``PolicyLoss`` configuration for upstream ``args``."""
         from ..corrections import resolve_config
@@ -90,7 +103,7 @@ class OffPolicySettings:
         self._check_topk(config, args)
         from .routing_checks import check_routing_replay
 
-        check_routing_replay(self.routing_replay, args, self.logprobs_topk)
+        check_routing_replay(self.routing_replay, args, self.logprobs_topk, self.bypass_old_logprobs)
         from .async_settings import check_async_settings
 
         check_async_settings(self, config, args)
@@ -125,7 +138,7 @@ class OffPolicySettings:
             raise ValueError("--vllm_logprobs_topk is not supported with ring attention (--ds.ring_attn_size > 1)")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_json(cls, payload: str) -> "OffPolicySettings":

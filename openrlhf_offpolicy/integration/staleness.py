@@ -9,7 +9,10 @@ partial rollouts). At training time, with the trainer at version ``v``:
 
     staleness_i = v - low_i                (how many updates the behaviour policy lags)
 
-``--max_staleness N`` drops every sample with ``staleness_i > N`` before the step trains.
+``--max_staleness N`` drops every sample with ``staleness_i > N`` before the step trains. When it
+drops any, the kept samples are then cut to a multiple of ``unit`` (``lockstep_keep``: the
+freshest whole prompt groups stay), so that every data-parallel rank gets the same number of
+micro-steps (see ``policy_versions.lockstep_unit``); those count as dropped too.
 ``staleness_stats`` reduces one training step exactly (it sees the whole step's samples, on the
 controller, so no reduction over micro-batches or DP ranks is involved):
 
@@ -24,6 +27,7 @@ Asynchronous RL with bounded staleness: AReaL (Fu et al., arXiv 2505.24298), Pip
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -77,8 +81,26 @@ def staleness_stats(trainer_version: int, versions: Sequence[SampleVersion], kep
     }
 
 
+def lockstep_keep(kept: Sequence[bool], lags: Sequence[int], unit: int, group: int = 1) -> List[bool]:
+    """``kept`` cut to the largest multiple of ``unit`` samples: the freshest whole groups of
+    ``group`` consecutive samples stay (earlier groups first among equally fresh ones)."""
+    if unit < 1 or group < 1 or unit % group or len(kept) % group:
+        raise ValueError(f"need a unit ({unit}) that is a multiple of the group size ({group}), "
+                         f"and {len(kept)} samples in whole groups")
+    starts = [g for g in range(0, len(kept), group) if all(kept[g: g + group])]
+    if any(kept[g: g + group] != [True] * group and any(kept[g: g + group]) for g in range(0, len(kept), group)):
+        raise ValueError("samples of a prompt group must be kept or dropped together")
+    budget = len(starts) * group // unit * unit // group
+    chosen = set(sorted(starts, key=lambda g: (lags[g], g))[:budget])
+    return [i - i % group in chosen for i in range(len(kept))]
+
+
 def filter_step(trainer_version: int, samples: Sequence, versions: Sequence[SampleVersion],
-                max_staleness: Optional[int]) -> Tuple[list, Dict[str, float]]:
-    """(the samples that train, the step's metrics)."""
+                max_staleness: Optional[int], unit: int = 1, group: int = 1) -> Tuple[list, Dict[str, float]]:
+    """(the samples that train, the step's metrics). When staleness drops anything, the rest is cut
+    to a multiple of ``unit`` whole groups of ``group`` samples (``lockstep_keep``)."""
     kept = keep_mask(trainer_version, versions, max_staleness)
+    if not all(kept):
+        lags = [staleness_of(trainer_version, v) for v in versions]
+        kept = lockstep_keep(kept, lags, math.lcm(unit, group), group)
     return [s for s, k in zip(samples, kept) if k], staleness_stats(trainer_version, versions, kept)

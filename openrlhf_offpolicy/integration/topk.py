@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -52,6 +53,8 @@ def topk_rows(token_logprobs: Sequence[Any], k: int) -> Tuple[List[List[int]], L
     vLLM returns the top-K entries (rank 1..K) and, when the sampled token is not among them, that
     token too (rank > K): it is left out here (``rollout_log_probs`` carries it). Fewer than K
     entries leave empty slots (id -1); -inf log-probs (tokens filtered by top-k/top-p) are floored.
+    A NaN log-prob stays NaN: the loss drops and counts its token (``corrections.batch.make_topk``)
+    instead of reading it as a valid probability-0 slot.
     """
     ids, lps = [], []
     for entries in token_logprobs:
@@ -61,15 +64,39 @@ def topk_rows(token_logprobs: Sequence[Any], k: int) -> Tuple[List[List[int]], L
             ranked = sorted(items, key=lambda item: (-_value(item[1]), item[0]))[:k]
         ranked = sorted(ranked, key=lambda item: (-_value(item[1]), item[0]))[:k]
         row_ids = [int(tid) for tid, _ in ranked]
-        row_lps = [max(_value(lp), LOG_PROB_FLOOR) for _, lp in ranked]
+        row_lps = [_stored(lp) for _, lp in ranked]
         ids.append(row_ids + [EMPTY_ID] * (k - len(row_ids)))
         lps.append(row_lps + [0.0] * (k - len(row_lps)))
     return ids, lps
 
 
 def _value(logprob) -> float:
+    """The ranking key: NaN ranks last."""
     value = float(getattr(logprob, "logprob", logprob))
     return value if not math.isnan(value) else -math.inf
+
+
+def _stored(logprob) -> float:
+    """The stored log-prob: floored at ``LOG_PROB_FLOOR``, NaN kept (an unusable slot, counted by the loss)."""
+    value = float(getattr(logprob, "logprob", logprob))
+    return value if math.isnan(value) else max(value, LOG_PROB_FLOOR)
+
+
+INT32_MAX = 2**31 - 1
+
+
+def check_topk_rows(ids: Sequence[Sequence[int]], log_probs: Sequence[Sequence[float]], k: int) -> None:
+    """Every row holds exactly K integer ids in ``-1`` (empty) or ``0..2**31-1`` and K log-probs; one-line
+    ValueError naming the row otherwise (a row of width 3 read with K = 4 would be silently reshaped)."""
+    if len(ids) != len(log_probs):
+        raise ValueError(f"top-K rows: {len(ids)} id rows but {len(log_probs)} log-prob rows")
+    for t, (row, lps) in enumerate(zip(ids, log_probs)):
+        if len(row) != k or len(lps) != k:
+            raise ValueError(f"top-K row {t} has {len(row)} ids and {len(lps)} log-probs, expected K = {k}")
+        for token in row:
+            if isinstance(token, bool) or not isinstance(token, numbers.Integral) or not EMPTY_ID <= token <= INT32_MAX:
+                raise ValueError(f"top-K row {t}: token id {token!r} is not an id (an integer in 0..{INT32_MAX}, "
+                                 f"or {EMPTY_ID} for an empty slot)")
 
 
 def experience_fields(response: dict, truncate_length: int, k: int):
@@ -79,8 +106,11 @@ def experience_fields(response: dict, truncate_length: int, k: int):
             "--vllm_logprobs_topk is set but the rollout carries no top-K log-probs (multi-turn agent executors "
             "do not produce them; the vLLM engine may have started without the worker setup hook)"
         )
-    ids = torch.tensor(response["rollout_topk_ids"][1:truncate_length], dtype=torch.int32).reshape(-1, k)
-    lps = torch.tensor(response["rollout_topk_log_probs"][1:truncate_length], dtype=torch.float32).reshape(-1, k)
+    id_rows = response["rollout_topk_ids"][1:truncate_length]
+    lp_rows = response["rollout_topk_log_probs"][1:truncate_length]
+    check_topk_rows(id_rows, lp_rows, k)
+    ids = torch.tensor(id_rows, dtype=torch.int32).reshape(-1, k)
+    lps = torch.tensor(lp_rows, dtype=torch.float32).reshape(-1, k)
     return ids.T.unsqueeze(0).contiguous(), lps.T.unsqueeze(0).contiguous()
 
 

@@ -206,3 +206,26 @@ def policy_forward(original, settings: OffPolicySettings):
             return original(self, *args, **kwargs)
 
     return forward
+
+
+def approx_kl_outside_truncation(original, settings: OffPolicySettings):
+    """Upstream's ``compute_approx_kl`` (policy vs reference) where the policy's log-prob can be -inf:
+    with ``--match_rollout_sampling``, a token outside the trainer's truncation (counted in
+    ``sampling/excluded_token_frac``, masked out of the policy loss) gets KL 0 instead of the
+    estimator's cap on an infinite log-ratio; the other tokens are unchanged."""
+
+    @functools.wraps(original)
+    def wrapped(log_probs, log_probs_base, *args, **kwargs):
+        outside = torch.isneginf(log_probs)
+        old = kwargs.get("log_probs_old")
+        if old is not None:
+            outside = outside | torch.isneginf(old)
+        if not bool(outside.any()):
+            return original(log_probs, log_probs_base, *args, **kwargs)
+        base = log_probs_base.to(log_probs.dtype)
+        safe = torch.where(outside, base, log_probs)
+        if old is not None:
+            kwargs["log_probs_old"] = torch.where(outside, base.to(old.dtype), old)
+        return original(safe, log_probs_base, *args, **kwargs).masked_fill(outside, 0.0)
+
+    return wrapped

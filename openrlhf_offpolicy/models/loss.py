@@ -174,7 +174,11 @@ class PolicyLoss(nn.Module):
         correction = self.correction(batch, self.config)
         correction = apply_rejection(correction, batch, self.config.rejection)
         correction = batch_normalize(correction, batch, self.config.is_batch_normalize)
-        per_token = surrogate.loss * correction.coef  # coef is 0 off the mask and on non-finite tokens
+        # coef is 0 off the mask and on non-finite tokens; ``where``, not a product, so that a masked
+        # token whose loss overflows (r A = inf) contributes 0, never 0 * inf = NaN.
+        weighted = surrogate.loss * correction.coef
+        per_token = torch.where(correction.coef != 0, weighted, torch.zeros((), dtype=weighted.dtype,
+                                                                              device=weighted.device))
         loss = aggregate_loss(per_token, action_mask, self.config.token_level_loss, dp_size, batch_num_tokens,
                               global_batch_size, premasked=True)
 

@@ -20,6 +20,13 @@ the experts run are exactly ``E``; their gate weights follow the model's own rul
                            correction bias only choose experts; replay replaces that choice).
 With ``E`` equal to the router's own top-k these reproduce the model's weights exactly.
 
+Layer order: vLLM 0.29's ``routed_experts`` has one row per *decoder layer* (``num_hidden_layers``,
+dense layers included; a row is written at its layer's index, so dense rows carry nothing), while
+a forward records one row per MoE router. ``replay`` takes either: rows per decoder layer are read
+at each router's decoder-layer index (``RoutingReplay.decoder_layers``), dense rows are ignored.
+Which decoder layers are MoE follows the model's config (``moe_layer_indices``), and the routers
+found in the HF model must sit exactly there, or the model is refused.
+
 Token order: a router sees the flattened hidden states of the forward, one row per input position
 (``B * T`` rows in a padded batch, the ``nnz`` non-padding positions in a packed one). Recorded
 and replayed ids are ``[N, L, k]`` in that order (L = MoE layers in module order);
@@ -67,6 +74,7 @@ def check_config(config: dict) -> None:
         experts = config.get("num_experts", config.get("num_local_experts", config.get("n_routed_experts", 1)))
         if not experts:
             raise RoutingReplayError(f"routing replay needs an MoE model, but this {model_type} config has no experts")
+        moe_layer_indices(config)  # refuses a layer layout Hugging Face and vLLM place differently
         return
     if any(config.get(key) for key in _MOE_CONFIG_KEYS):
         raise RoutingReplayError(f"routing replay does not support model_type {model_type!r}; "
@@ -113,6 +121,46 @@ GATE_RULES: Dict[str, Callable] = {
     "MixtralTopKRouter": _mixtral_weights,
     "DeepseekV3TopkRouter": _deepseek_v3_weights,
 }
+
+
+def _get(config, key, default=None):
+    value = config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
+    return default if value is None else value
+
+
+def moe_layer_indices(config) -> List[int]:
+    """Decoder-layer indices of the MoE layers, from an HF config (object or ``config.json`` dict).
+
+    Rules (as the HF modeling files and vLLM place the sparse blocks):
+      * qwen2_moe / qwen3_moe: layer i is MoE iff i not in ``mlp_only_layers`` and
+        (i + 1) % ``decoder_sparse_step`` == 0;
+      * deepseek_v3: i >= ``first_k_dense_replace`` and i % ``moe_layer_freq`` == 0 (HF's model
+        ignores ``moe_layer_freq``; a value other than 1 is refused: HF and vLLM would disagree);
+      * mixtral: every layer.
+    """
+    model_type = _get(config, "model_type")
+    layers = range(int(_get(config, "num_hidden_layers", 0)))
+    if model_type in ("qwen2_moe", "qwen3_moe"):
+        dense, step = set(_get(config, "mlp_only_layers", [])), int(_get(config, "decoder_sparse_step", 1))
+        return [i for i in layers if i not in dense and (i + 1) % step == 0]
+    if model_type == "deepseek_v3":
+        if int(_get(config, "moe_layer_freq", 1)) != 1:
+            raise RoutingReplayError("routing replay: deepseek_v3 with moe_layer_freq != 1 places MoE layers "
+                                     "differently in Hugging Face (ignores it) and vLLM (honours it)")
+        return [i for i in layers if i >= int(_get(config, "first_k_dense_replace", 0))]
+    if model_type == "mixtral":
+        return list(layers)
+    raise RoutingReplayError(f"routing replay does not support model_type {model_type!r}; "
+                             f"supported MoE architectures: {supported_names()}")
+
+
+def _decoder_layer_index(module_name: str) -> int:
+    """``model.layers.3.mlp.gate`` -> 3: the decoder-layer index in an HF module name."""
+    parts = module_name.split(".")
+    for before, part in zip(parts, parts[1:]):
+        if before == "layers" and part.isdigit():
+            return int(part)
+    raise RoutingReplayError(f"routing replay: cannot find the decoder layer of router {module_name!r}")
 
 
 def find_routers(model: torch.nn.Module) -> List[torch.nn.Module]:
@@ -164,6 +212,42 @@ def from_router_order(rows: torch.Tensor, attention_mask: torch.Tensor, packed: 
     return rows.reshape(batch, length, *rows.shape[1:]).permute(0, 2, 3, 1).contiguous()
 
 
+def check_expert_ids(ids: torch.Tensor, num_experts: int, mask: Optional[torch.Tensor] = None,
+                     locate: Optional[Callable[[int], str]] = None) -> None:
+    """Refuse replayed ids ``[N, L, k]`` that are not integers, lie outside ``0..num_experts-1`` or name
+    one expert twice within a token's top-k (at the positions of ``mask``, ``[N]`` bool, default all).
+
+    A ``RoutingReplayError`` names the position (``locate(n)``, e.g. its sample and token), the MoE layer
+    and the id. One check per replayed forward, one synchronisation; never per layer.
+    """
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise RoutingReplayError(f"replayed expert ids must be integers, got {ids.dtype} (a float id would be "
+                                 "truncated, a NaN read as expert 0)")
+    rows = ids if mask is None else ids[mask.to(ids.device).bool()]
+    positions = None if mask is None else mask.to(ids.device).bool().nonzero().flatten()
+    if rows.numel() == 0:
+        return
+    out_of_range = (rows < 0) | (rows >= num_experts)
+    ordered = rows.sort(dim=-1).values
+    repeated = (ordered[..., 1:] == ordered[..., :-1]).any(dim=-1)  # [n, L]
+    if not bool(out_of_range.any() | repeated.any()):
+        return
+
+    def where(row: int, layer: int) -> str:
+        n = int(positions[row]) if positions is not None else row
+        return f"{locate(n) if locate is not None else f'position {n}'}, MoE layer {layer}"
+
+    if bool(out_of_range.any()):
+        row, layer, slot = (int(i) for i in out_of_range.nonzero()[0])
+        raise RoutingReplayError(f"replayed expert ids must lie in 0..{num_experts - 1}: {where(row, layer)} "
+                                 f"names expert {int(rows[row, layer, slot])}")
+    row, layer = (int(i) for i in repeated.nonzero()[0])
+    sorted_ids = ordered[row, layer]
+    twice = int(sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]][0])
+    raise RoutingReplayError(f"replayed expert ids must be distinct within a token's top-k: {where(row, layer)} "
+                             f"names expert {twice} twice ({rows[row, layer].tolist()})")
+
+
 # --------------------------------------------------------------------------- controller
 @dataclass
 class RoutingCounts:
@@ -187,6 +271,13 @@ class RoutingReplay:
     def __init__(self, model: torch.nn.Module):
         self.routers = find_routers(model)
         self.layer_of = {id(r): i for i, r in enumerate(self.routers)}
+        names = {id(m): name for name, m in model.named_modules()}
+        self.decoder_layers = tuple(_decoder_layer_index(names[id(r)]) for r in self.routers)
+        self.num_decoder_layers = int(model.config.num_hidden_layers)
+        expected = moe_layer_indices(model.config)
+        if list(self.decoder_layers) != expected:
+            raise RoutingReplayError(f"routing replay: the model's routers sit at decoder layers "
+                                     f"{list(self.decoder_layers)}, its config places MoE layers at {expected}")
         first = self.routers[0]
         self.num_layers, self.top_k, self.num_experts = len(self.routers), first.top_k, first.num_experts
         self.dtype = storage_dtype(self.num_experts)
@@ -230,16 +321,24 @@ class RoutingReplay:
 
     @contextlib.contextmanager
     def replay(self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None,
-               on_forward: Optional[Callable[["RoutingReplay"], None]] = None) -> Iterator[None]:
+               on_forward: Optional[Callable[["RoutingReplay"], None]] = None,
+               locate: Optional[Callable[[int], str]] = None) -> Iterator[None]:
         """Route the positions of ``mask`` (``[N]`` bool, default all) through ``ids`` ``[N, L, k]``.
 
+        ``L`` is the number of MoE layers (one row per router, as ``recorded``), or the number of
+        decoder layers (vLLM's layout: each router reads the row of its decoder layer).
         ``on_forward(self)`` is called each time the last MoE layer has routed (after every forward,
-        and again after a gradient-checkpointing recomputation, with the same counts)."""
+        and again after a gradient-checkpointing recomputation, with the same counts). The ids are
+        checked once here (``check_expert_ids``; ``locate(n)`` names position n in its messages)."""
+        if ids.dim() == 3 and ids.shape[1:] == (self.num_decoder_layers, self.top_k):
+            ids = ids[:, list(self.decoder_layers)]
         if ids.dim() != 3 or ids.shape[1:] != (self.num_layers, self.top_k):
             raise RoutingReplayError(f"replayed ids have shape {tuple(ids.shape)}, the model needs "
-                                     f"[tokens, {self.num_layers}, {self.top_k}]")
+                                     f"[tokens, {self.num_layers}, {self.top_k}] (one row per MoE layer) or "
+                                     f"[tokens, {self.num_decoder_layers}, {self.top_k}] (one per decoder layer)")
         if mask is not None and mask.shape != ids.shape[:1]:
             raise RoutingReplayError(f"replay mask {tuple(mask.shape)} does not match ids {tuple(ids.shape)}")
+        check_expert_ids(ids, self.num_experts, mask, locate)
         self._enter("replay")
         self._ids = ids.long()
         self._mask = mask.bool() if mask is not None else None
@@ -285,8 +384,6 @@ class RoutingReplay:
             ids = torch.where(mask.unsqueeze(-1), ids, own)
         else:
             mask = torch.ones(own.shape[0], dtype=torch.bool, device=own.device)
-        if ids.min() < 0 or ids.max() >= self.num_experts:
-            raise RoutingReplayError(f"replayed expert ids must lie in 0..{self.num_experts - 1}")
         flipped = (own.sort(dim=-1).values != ids.sort(dim=-1).values).any(dim=-1) & mask
         self._counts[layer] = (mask, flipped)
         if layer == self.num_layers - 1 and self._on_forward is not None:

@@ -124,11 +124,12 @@ class Models:
 def make_args(partial=False, num_prompts=8):
     ns = SimpleNamespace
     return ns(
-        rollout=ns(batch_size=BATCH, n_samples_per_prompt=N_SAMPLES, vllm_generate_batch_size=None),
+        rollout=ns(batch_size=BATCH, n_samples_per_prompt=N_SAMPLES, vllm_generate_batch_size=None,
+                   micro_batch_size=1),
         vllm=ns(enable_sleep=False), ds=ns(enable_sleep=False, ring_attn_size=1, tensor_parallel_size=1),
         actor=ns(num_nodes=1, num_gpus_per_node=1), critic=ns(freezing_steps=-1),
         algo=ns(dynamic_filtering_enable=False, advantage=ns(is_correction_level="off")),
-        train=ns(num_episodes=1, partial_rollout_enable=partial, dynamic_batch_enable=False),
+        train=ns(num_episodes=1, partial_rollout_enable=partial, dynamic_batch_enable=False, micro_batch_size=1),
         eval=ns(steps=float("inf")), logger=ns(logging_steps=1), ckpt=ns(save_steps=float("inf")),
     )
 
@@ -309,3 +310,104 @@ def test_samples_without_a_version_are_refused(versions, ray_local):
     trainer = make_trainer(BasePPOTrainer, make_args(), [], Models([]))
     with pytest.raises(RuntimeError, match="without a policy version"):
         trainer.train_step([Experience(), Experience()], 0)
+
+
+# --------------------------------------------------------------------------- DP lockstep under --max_staleness
+def upstream_micro_steps_per_rank(samples, args, monkeypatch):
+    """How many training micro-steps each DP rank runs on ``samples``, by upstream's own path:
+    ``RemoteExperienceMaker.split_rollout_samples`` (experience batches), ``RayActorGroup.
+    async_run_method_batch`` (their split over the ranks), each rank's ``NaiveReplayBuffer`` and
+    ``ppo_train``'s ``DataLoader(batch_size=train.micro_batch_size, drop_last=True)``."""
+    import ray
+    import torch
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+    from openrlhf.trainer.ppo_utils.replay_buffer import NaiveReplayBuffer
+    from openrlhf.trainer.ray.launcher import RayActorGroup
+    from torch.utils.data import DataLoader
+
+    maker = RemoteExperienceMaker.__new__(RemoteExperienceMaker)
+    maker.args, maker.tokenizer = args, SimpleNamespace(pad_token_id=0)
+    batches = maker.split_rollout_samples(samples)
+
+    class Rank:
+        class execute_batch:  # noqa: N801 (a Ray method handle: .remote)
+            @staticmethod
+            def remote(method_name, chunk, start, end):
+                return chunk["experience"][start:end]
+
+    group = RayActorGroup.__new__(RayActorGroup)
+    ranks = args.actor.num_nodes * args.actor.num_gpus_per_node
+    group._actor_handlers, group.duplicate_actors = [Rank() for _ in range(ranks)], 1
+    monkeypatch.setattr(ray, "put", lambda value: value)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    chunks = group.async_run_method_batch(method_name="append", experience=batches)
+    steps = []
+    for chunk in chunks:
+        buffer = NaiveReplayBuffer(args.train.micro_batch_size)
+        for experience in chunk:
+            buffer.append(experience)
+        steps.append(len(DataLoader(buffer, batch_size=args.train.micro_batch_size, drop_last=True,
+                                    collate_fn=buffer.collate_fn)))
+    return steps, sum(len(experience.sequences) for chunk in chunks for experience in chunk)
+
+
+def rollout_sample(i: int, version: int):
+    import torch
+    from openrlhf.trainer.ppo_utils.experience import Experience
+
+    sample = Experience(sequences=torch.full((1, 4), i), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                        action_mask=torch.ones(1, 2, dtype=torch.bool), prompts=[str(i)], labels=[""])
+    setattr(sample, policy_versions.ATTRIBUTE, SampleVersion(version, version))
+    return sample
+
+
+def lockstep_args(ranks, rollout_micro, train_micro, group):
+    ns = SimpleNamespace
+    return ns(rollout=ns(n_samples_per_prompt=group, micro_batch_size=rollout_micro),
+              actor=ns(num_nodes=1, num_gpus_per_node=ranks), ds=ns(ring_attn_size=1, tensor_parallel_size=1),
+              train=ns(micro_batch_size=train_micro, dynamic_batch_enable=False))
+
+
+@pytest.mark.parametrize("ranks, rollout_micro, train_micro, group, stale_groups", [
+    (2, 2, 2, 2, [0, 3, 5]),      # 10 fresh samples: upstream would give the ranks 3 and 2 micro-steps
+    (2, 3, 2, 1, [1]),            # 15 fresh samples in batches of 3 over 2 ranks
+    (4, 1, 2, 2, [2]),            # 14 fresh: 4, 4, 4, 2 samples per rank
+    (2, 4, 1, 4, [0]),            # 12 fresh: batches of 4 -> 3 batches over 2 ranks
+    (3, 2, 2, 2, [0, 1, 2, 3, 4, 5, 6]),  # one fresh group: too few for the ranks, the step is skipped
+])
+def test_max_staleness_keeps_every_dp_rank_on_the_same_number_of_micro_steps(monkeypatch, ranks, rollout_micro,
+                                                                                train_micro, group, stale_groups):
+    args = lockstep_args(ranks, rollout_micro, train_micro, group)
+    samples = [rollout_sample(i, 0 if i // group in stale_groups else 3) for i in range(8 * group)]
+    trained = {}
+
+    def train_step(self, rollout_samples, global_step):
+        trained["steps"], trained["samples"] = upstream_micro_steps_per_rank(rollout_samples, args, monkeypatch)
+        trained["kept"] = rollout_samples
+        return {}, global_step + 1
+
+    trainer = SimpleNamespace(args=args)
+    status, _ = policy_versions.with_staleness_filter(train_step, max_staleness=1)(trainer, samples, 3)
+    if status["staleness/skipped_step"]:
+        assert "steps" not in trained
+        assert status["staleness/dropped_frac"] == 1.0
+        return
+    assert len(set(trained["steps"])) == 1 and trained["steps"][0] > 0, trained["steps"]
+    assert trained["samples"] == trained["steps"][0] * ranks * train_micro  # nothing else is silently dropped
+    assert status["staleness/dropped_frac"] == pytest.approx(1 - trained["samples"] / len(samples), abs=0)
+    groups = [int(s.sequences[0, 0]) // group for s in trained["kept"]]
+    assert all(groups.count(g) == group for g in set(groups)), "prompt groups are kept or dropped whole"
+    assert not set(groups) & set(stale_groups)
+
+
+def test_a_step_with_no_stale_sample_is_passed_on_untouched():
+    args = lockstep_args(2, 3, 2, 1)  # 5 samples do not split evenly, but nothing is stale: upstream's own batch
+    samples = [rollout_sample(i, 3) for i in range(5)]
+    seen = {}
+
+    def train_step(self, rollout_samples, global_step):
+        seen["n"] = len(rollout_samples)
+        return {}, global_step + 1
+
+    status, _ = policy_versions.with_staleness_filter(train_step, max_staleness=1)(SimpleNamespace(args=args), samples, 3)
+    assert seen["n"] == 5 and status["staleness/dropped_frac"] == 0.0

@@ -62,10 +62,12 @@ class Tokenizer:
         return {"input_ids": torch.tensor([[int(t) for t in text.split()]])}
 
 
-def vllm_request(prompt_ids, token_ids, seed):
+def vllm_request(prompt_ids, token_ids, seed, layers=LAYERS):
+    """vLLM 0.29's output: ``routed_experts`` has one row per decoder layer (``layers`` = the config's
+    ``num_hidden_layers``, dense layers included) for prompt + response - 1 positions."""
     g = np.random.default_rng(seed)
     n = len(prompt_ids) + len(token_ids) - 1  # the last sampled token is never run through the model
-    routed = np.stack([np.stack([g.permutation(EXPERTS)[:TOPK] for _ in range(LAYERS)]) for _ in range(n)])
+    routed = np.stack([np.stack([g.permutation(EXPERTS)[:TOPK] for _ in range(layers)]) for _ in range(n)])
     completion = CompletionOutput(index=0, text="", token_ids=token_ids, cumulative_logprob=None, logprobs=None,
                                   routed_experts=routed.astype(np.uint8), finish_reason="stop")
     return RequestOutput("r", None, prompt_ids, None, [completion], finished=True), routed
@@ -79,10 +81,10 @@ class FakeEngine:
         return self.request
 
 
-def rollout_response(prompt_ids, token_ids, seed):
+def rollout_response(prompt_ids, token_ids, seed, layers=LAYERS):
     from openrlhf.utils.agent import SingleTurnAgentExecutor
 
-    request, routed = vllm_request(prompt_ids, token_ids, seed)
+    request, routed = vllm_request(prompt_ids, token_ids, seed, layers)
     params = SamplingParams(max_tokens=len(token_ids))
     response = asyncio.run(SingleTurnAgentExecutor(None).execute(" ".join(map(str, prompt_ids)), "label", params, 64,
                                                                  Tokenizer(), FakeEngine(request)))
@@ -246,6 +248,59 @@ def test_r3_old_log_prob_forward_routes_through_the_rollout_experts(tiny_moe_dir
     assert not torch.allclose(log_probs, plain, atol=1e-4), "random rollout routing must change the log-probs"
 
 
+def save_moe_with_dense_layer(path, arch):
+    """A tiny random MoE whose decoder layer 0 is dense: DeepSeek-V3 (``first_k_dense_replace=1``) or
+    Qwen3-MoE (``mlp_only_layers=[0]``); 3 decoder layers, MoE routers at layers 1 and 2."""
+    import transformers as tf
+
+    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+                  num_hidden_layers=3, num_attention_heads=4, num_experts_per_tok=TOPK, max_position_embeddings=64)
+    torch.manual_seed(0)
+    if arch == "deepseek_v3":
+        config = tf.DeepseekV3Config(**common, num_key_value_heads=4, n_routed_experts=EXPERTS, n_group=2,
+                                     topk_group=1, first_k_dense_replace=1, kv_lora_rank=8, q_lora_rank=None,
+                                     qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, n_shared_experts=1)
+        model = tf.DeepseekV3ForCausalLM(config)
+    else:
+        config = tf.Qwen3MoeConfig(**common, num_key_value_heads=2, head_dim=8, num_experts=EXPERTS,
+                                   mlp_only_layers=[0], norm_topk_prob=True)
+        model = tf.Qwen3MoeForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers[1:]:
+            layer.mlp.gate.weight.normal_(0.0, 0.5)
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v3", "qwen3_moe"])
+def test_r3_replays_vllms_decoder_layer_rows_on_an_moe_with_a_dense_first_layer(tmp_path, arch):
+    from openrlhf.trainer.ppo_utils.experience import Experience
+
+    model_dir = save_moe_with_dense_layer(tmp_path / arch, arch)
+    routing_patched("r3")
+    try:
+        exps = [experience_from(rollout_response(prompt, tokens, seed, layers=3)[0])
+                for seed, (prompt, tokens) in enumerate(ROLLOUTS)]
+        batch = Experience.concat_experiences(exps, pad_token_id=0)
+        actor = moe_actor(model_dir)
+        worker = OldLogProbWorker(actor)
+        seen, handles = experts_seen(actor.model)
+        data = {"sequences": [batch.sequences], "action_mask": [batch.action_mask],
+                "attention_mask": [batch.attention_mask], "routed_experts": [batch.routed_experts]}
+        [log_probs] = worker.execute_batch("forward", data, 0, 1)
+        for h in handles:
+            h.remove()
+    finally:
+        patches.undo()
+    assert batch.routed_experts.shape[1] == 3  # vLLM's rows, one per decoder layer, carried as they came
+    rows = to_router_order(batch.routed_experts, batch.attention_mask, packed=False)
+    where = to_router_order(influential(batch.attention_mask), batch.attention_mask, packed=False)[:, 0, 0]
+    assert len(seen) == 2
+    for used, decoder_layer in zip(seen, [1, 2]):
+        assert torch.equal(used[where], rows[where, decoder_layer].long())
+    assert torch.isfinite(log_probs).all()
+
+
 def influential(attention_mask):
     from openrlhf_offpolicy.models.routing_replay import influential_positions
 
@@ -387,6 +442,7 @@ def test_experience_maker_sends_or_collects_each_micro_batchs_routing(tiny_moe_d
     (["--routing_replay", "r3", "--ds.ring_attn_size", "2"], "ring attention"),
     (["--routing_replay", "r3", "--vllm_logprobs_topk", "2"], "--vllm_logprobs_topk"),
     (["--routing_replay", "r4"], "invalid choice"),
+    (["--routing_replay", "r2", "--bypass_old_logprobs"], "--bypass_old_logprobs skips"),
 ])
 def test_unsupported_routing_replay_combinations_exit_2_with_one_line(capsys, extra, message):
     from openrlhf_offpolicy.cli.train_ppo_ray import main
@@ -406,3 +462,56 @@ def test_a_dense_local_model_is_rejected_before_ray_and_an_moe_one_accepted(caps
     _, settings, _ = parse(MINIMAL_UPSTREAM_ARGV + ["--actor.model_name_or_path", tiny_moe_dir,
                                                     "--routing_replay", "r2"])
     assert settings.routing_replay == "r2"
+
+
+def hub_cache_with(root, repo_id, config):
+    """A Hugging Face hub cache (the layout ``huggingface_hub`` writes) holding ``repo_id``'s config.json."""
+    folder = root / ("models--" + repo_id.replace("/", "--"))
+    snapshot = folder / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0123abcd")
+    (snapshot / "config.json").write_text(json.dumps(config))
+    return str(root)
+
+
+def dry_run_main(argv, capsys):
+    from openrlhf_offpolicy.cli.train_ppo_ray import main
+
+    status = main(argv + ["--dry_run"])
+    return status, capsys.readouterr().err.strip()
+
+
+HUB_MOE = {"model_type": "qwen3_moe", "num_experts": 8, "num_hidden_layers": 2, "mlp_only_layers": []}
+
+
+@pytest.mark.parametrize("config, status, message", [
+    ({"model_type": "qwen2", "hidden_size": 8}, 2, "dense; supported MoE architectures"),
+    ({"model_type": "deepseek_v3", "n_routed_experts": 8, "num_hidden_layers": 3, "moe_layer_freq": 2}, 2,
+     "moe_layer_freq"),
+    (HUB_MOE, 0, ""),
+])
+def test_a_hub_model_in_the_local_cache_is_checked_for_moe_before_ray(capsys, tmp_path, monkeypatch, config, status,
+                                                                     message):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", hub_cache_with(tmp_path, "org/tiny", config))
+    argv = MINIMAL_UPSTREAM_ARGV + ["--actor.model_name_or_path", "org/tiny", "--routing_replay", "r2"]
+    got, err = dry_run_main(argv, capsys)
+    assert got == status, err
+    if status:
+        assert message in err and "\n" not in err
+    else:
+        assert "note:" not in err
+
+
+def test_a_hub_model_out_of_reach_gets_one_note_that_the_check_is_at_the_first_forward(capsys, tmp_path,
+                                                                                     monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    argv = MINIMAL_UPSTREAM_ARGV + ["--actor.model_name_or_path", "org/not-cached", "--routing_replay", "r3"]
+    got, err = dry_run_main(argv, capsys)
+    notes = [line for line in err.splitlines() if "note:" in line]
+    assert got == 0
+    assert len(notes) == 1 and "org/not-cached" in notes[0] and "first forward" in notes[0], err

@@ -144,3 +144,77 @@ def test_single_turn_sampling_params_with_a_truncation_the_trainer_does_not_appl
             samples_generator.SamplingParams(temperature=1.0, max_tokens=4, top_k=40)
     finally:
         patches.undo()
+
+
+def vllm_kept(logits, top_k=None, top_p=None):
+    """The tokens vLLM 0.29's PyTorch top-k/top-p path keeps (``apply_top_k_top_p_pytorch``; the path a
+    CPU, or a GPU batch of fewer than 8 rows, takes)."""
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
+
+    n = logits.shape[0]
+    k = None if top_k is None else torch.full((n,), top_k, dtype=torch.long)
+    p = None if top_p is None else torch.full((n,), top_p, dtype=torch.float32)
+    return apply_top_k_top_p_pytorch(logits.clone(), k, p, allow_cpu_sync=True) != float("-inf")
+
+
+@pytest.mark.parametrize("top_k,top_p", [(None, 0.9), (None, 0.5), (20, None), (50, 0.8), (1, None)])
+def test_trainer_kept_set_equals_vllms_sampler_token_for_token_on_bf16_valued_logits(top_k, top_p):
+    # bf16-valued float32 logits (what the engines' bf16 heads produce): many exact ties, so the kept
+    # set depends on vLLM's exact order of operations (ascending sort, its cumsum, `<= 1 - p`)
+    g = torch.Generator().manual_seed(7)
+    logits = (torch.randn(64, 32000, generator=g) * 2.5).bfloat16().float()
+    truncation = Truncation(top_k=top_k or -1, top_p=top_p or 1.0)
+    ours = torch.isfinite(truncate_logits(logits, truncation))
+    theirs = vllm_kept(logits, top_k, top_p)
+    assert int((ours != theirs).any(dim=-1).sum()) == 0, "rows whose kept set differs from vLLM's"
+    labels = theirs.float().multinomial(1, generator=g).squeeze(-1)  # tokens vLLM could sample
+    lp, _ = log_probs_with_topk(logits, labels, truncation=truncation, chunk=16)
+    assert torch.isfinite(lp).all()
+
+
+def test_a_sampled_token_the_trainers_truncation_excludes_is_masked_and_counted_never_nan():
+    from openrlhf_offpolicy.integration.loss import policy_loss_class
+
+    settings = OffPolicySettings(loss_kwargs={}, match_rollout_sampling=True, rollout_top_p=0.9)
+    loss_fn = policy_loss_class(settings)(clip_eps_low=0.2, clip_eps_high=0.2, policy_loss_type="ppo",
+                                          enable_vllm_is_correction=True, vllm_is_correction_type="tis")
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 40, generator=g, requires_grad=True)
+    truncation = Truncation(top_p=0.9)
+    kept = torch.isfinite(truncate_logits(logits.detach().reshape(-1, 40), truncation)).view(2, 6, 40)
+    labels = kept.float().argmax(-1)  # kept tokens ...
+    labels[0, 2] = (~kept[0, 2]).float().argmax()  # ... but two the trainer's truncation excludes
+    labels[1, 4] = (~kept[1, 4]).float().argmax()
+    log_probs, _ = log_probs_with_topk(logits, labels, truncation=truncation)
+    old = log_probs.detach().clone()
+    assert torch.isneginf(log_probs[0, 2]) and torch.isneginf(log_probs[1, 4])
+    action_mask = torch.ones(2, 6)
+    action_mask[1, 5] = 0
+    loss, *_ = loss_fn(log_probs, old, torch.randn(2, 6, generator=g), action_mask=action_mask,
+                       rollout_log_probs=old.clamp(min=-30.0) - 0.01)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert logits.grad[0, 2].abs().sum() == 0 and logits.grad[1, 4].abs().sum() == 0  # out of the loss
+    stats = loss_fn.statistics
+    assert stats["sampling/excluded_token_frac"].total.item() == 2
+    assert loss_fn.metrics["sampling/excluded_token_frac"].item() == pytest.approx(2 / 11)
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_upstreams_kl_to_the_reference_is_zero_not_nan_on_a_token_outside_the_trainers_truncation(estimator):
+    from openrlhf.trainer.ppo_utils import experience_maker
+    from openrlhf.trainer.ray import ppo_actor
+
+    from openrlhf_offpolicy.integration import patches
+
+    log_probs = torch.tensor([[-1.0, float("-inf"), -2.0]])
+    base = torch.tensor([[-1.5, -3.0, -2.0]])
+    patches.apply(OffPolicySettings(loss_kwargs={}, match_rollout_sampling=True, rollout_top_p=0.9))
+    try:
+        for module in (experience_maker, ppo_actor):
+            kl = module.compute_approx_kl(log_probs, base, kl_estimator=estimator)
+            assert torch.isfinite(kl).all() and kl[0, 1] == 0
+            full = module.compute_approx_kl(log_probs[:, [0, 2]], base[:, [0, 2]], kl_estimator=estimator)
+            assert torch.equal(kl[:, [0, 2]], full)
+    finally:
+        patches.undo()

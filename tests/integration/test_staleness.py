@@ -58,3 +58,16 @@ def test_a_prompt_group_is_kept_or_dropped_whole_on_its_oldest_sample():
     assert keep_mask(5, merged, 1) == [False, False, True, True]
     with pytest.raises(ValueError, match="groups of 3"):
         group_versions(versions, 3)
+
+
+def test_lockstep_keep_cuts_to_a_multiple_of_the_unit_keeping_the_freshest_whole_groups():
+    from openrlhf_offpolicy.integration.staleness import lockstep_keep
+
+    kept = [True] * 6 + [False] * 2 + [True] * 2      # groups of 2: g0 g1 g2 kept, g3 dropped, g4 kept
+    lags = [2, 2, 0, 0, 1, 1, 5, 5, 0, 0]
+    assert lockstep_keep(kept, lags, unit=4, group=2) == kept  # 8 kept samples: already a multiple
+    assert lockstep_keep(kept, lags, unit=6, group=2) == [False] * 2 + [True] * 4 + [False] * 2 + [True] * 2
+    assert lockstep_keep([True] * 6, [0] * 6, unit=4, group=2) == [True] * 4 + [False] * 2  # ties: earlier first
+    assert lockstep_keep(kept, lags, unit=10, group=2) == [False] * 10
+    with pytest.raises(ValueError, match="kept or dropped together"):
+        lockstep_keep([True, False], [0, 0], unit=2, group=2)

@@ -12,6 +12,7 @@ from openrlhf_offpolicy.models.routing_replay import (
     find_routers,
     from_router_order,
     influential_positions,
+    moe_layer_indices,
     storage_dtype,
     to_router_order,
 )
@@ -19,11 +20,12 @@ from openrlhf_offpolicy.models.routing_replay import (
 VOCAB, HIDDEN = 48, 32
 
 
-def tiny_moe(arch: str, seed: int = 0):
+def tiny_moe(arch: str, seed: int = 0, num_hidden_layers: int = 2, **layout):
+    """``layout``: the config's dense-layer keys (``mlp_only_layers``, ``first_k_dense_replace``)."""
     import transformers as tf
 
-    common = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=64)
+    common = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=num_hidden_layers, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, **layout)
     if arch == "qwen2_moe":
         config = tf.Qwen2MoeConfig(**common, intermediate_size=48, moe_intermediate_size=16,
                                    shared_expert_intermediate_size=16, num_experts=8, num_experts_per_tok=2,
@@ -38,8 +40,9 @@ def tiny_moe(arch: str, seed: int = 0):
         cls = tf.MixtralForCausalLM
     elif arch == "deepseek_v3":
         common["num_key_value_heads"] = common["num_attention_heads"]  # MLA: one key/value per head
+        common.setdefault("first_k_dense_replace", 0)
         config = tf.DeepseekV3Config(**common, intermediate_size=48, moe_intermediate_size=16, n_routed_experts=8,
-                                     num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=0,
+                                     num_experts_per_tok=2, n_group=2, topk_group=1,
                                      kv_lora_rank=8, q_lora_rank=None, qk_rope_head_dim=4, qk_nope_head_dim=4,
                                      v_head_dim=8, n_shared_experts=1, routed_scaling_factor=1.5)
         cls = tf.DeepseekV3ForCausalLM
@@ -183,8 +186,8 @@ def test_router_gradient_under_replay_matches_a_float64_reference_for_one_qwen_l
     replay = RoutingReplay(model)
     g = torch.Generator().manual_seed(0)
     h = torch.randn(5, HIDDEN, generator=g, dtype=torch.float64)
-    ids = torch.randint(0, replay.num_experts, (5, replay.num_layers, replay.top_k), generator=g)
-    ids[:, 0] = torch.stack([torch.randperm(replay.num_experts, generator=g)[:replay.top_k] for _ in range(5)])
+    ids = torch.stack([torch.stack([torch.randperm(replay.num_experts, generator=g)[:replay.top_k]
+                                    for _ in range(replay.num_layers)]) for _ in range(5)])  # distinct per token
     c = torch.randn(5, replay.top_k, generator=g, dtype=torch.float64)
     with replay.replay(ids):
         _, weights, used = router(h)
@@ -301,3 +304,68 @@ def test_replayed_ids_of_the_wrong_shape_or_range_are_refused():
     bad = torch.full((ids.numel(), replay.num_layers, replay.top_k), replay.num_experts)
     with pytest.raises(RoutingReplayError, match="must lie in"), torch.no_grad(), replay.replay(bad):
         token_log_probs(model, ids, mask)
+
+
+# --------------------------------------------------------------------------- vLLM's per-decoder-layer rows
+# (architecture, config layout, decoder-layer index of each MoE router)
+DECODER_LAYOUTS = {
+    "qwen3_moe mlp_only_layers=[0]": ("qwen3_moe", dict(num_hidden_layers=3, mlp_only_layers=[0]), [1, 2]),
+    "qwen3_moe decoder_sparse_step=2": ("qwen3_moe", dict(num_hidden_layers=4, decoder_sparse_step=2), [1, 3]),
+    "deepseek_v3 first_k_dense_replace=1": ("deepseek_v3", dict(num_hidden_layers=3, first_k_dense_replace=1), [1, 2]),
+    "qwen3_moe all MoE": ("qwen3_moe", dict(num_hidden_layers=3), [0, 1, 2]),
+    "mixtral": ("mixtral", dict(num_hidden_layers=2), [0, 1]),
+}
+
+
+@pytest.mark.parametrize("name", DECODER_LAYOUTS)
+def test_each_router_knows_its_decoder_layer_and_the_config_rule_agrees(name):
+    arch, layout, expected = DECODER_LAYOUTS[name]
+    model = tiny_moe(arch, **layout)
+    controller = RoutingReplay(model)
+    assert list(controller.decoder_layers) == expected
+    assert controller.num_decoder_layers == layout["num_hidden_layers"]
+    assert moe_layer_indices(model.config) == expected
+    assert moe_layer_indices(model.config.to_dict()) == expected
+
+
+def vllm_routed_experts(model, tokens: int, seed: int = 0) -> torch.Tensor:
+    """``[tokens, num_hidden_layers, k]`` like vLLM 0.29's ``routed_experts``: one row per decoder layer,
+    the MoE layers' rows at their decoder-layer index; a dense layer's row is never written by vLLM
+    (here: out-of-range garbage, so reading it would fail loudly)."""
+    controller = RoutingReplay(model)
+    g = torch.Generator().manual_seed(seed)
+    out = torch.full((tokens, controller.num_decoder_layers, controller.top_k), 255, dtype=torch.long)
+    for layer in controller.decoder_layers:
+        out[:, layer] = torch.stack([torch.randperm(controller.num_experts, generator=g)[:controller.top_k]
+                                     for _ in range(tokens)])
+    controller.remove()
+    return out
+
+
+@pytest.mark.parametrize("name", DECODER_LAYOUTS)
+def test_vllm_rows_are_replayed_by_decoder_layer_and_dense_layer_rows_ignored(name):
+    arch, layout, expected = DECODER_LAYOUTS[name]
+    model = tiny_moe(arch, **layout)
+    ids, mask = batch(seed=4)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    routed = vllm_routed_experts(model, ids.numel())
+    controller = RoutingReplay.attach(model)
+    seen, handles = experts_seen(model)
+    with torch.no_grad(), controller.replay(routed):
+        by_decoder_layer = model(ids, attention_mask=mask, position_ids=position_ids).logits
+    for h in handles:
+        h.remove()
+    assert len(seen) == len(expected)
+    for used, layer in zip(seen, expected):
+        assert torch.equal(used, routed[:, layer])
+    with torch.no_grad(), controller.replay(routed[:, expected]):  # one row per router: the same forward
+        by_router = model(ids, attention_mask=mask, position_ids=position_ids).logits
+    assert torch.equal(by_decoder_layer, by_router)
+
+
+def test_routing_rows_matching_neither_the_routers_nor_the_decoder_layers_are_refused():
+    model = tiny_moe("qwen3_moe", num_hidden_layers=3, mlp_only_layers=[0])
+    controller = RoutingReplay(model)
+    with pytest.raises(RoutingReplayError, match=r"\[tokens, 2, 3\] \(one row per MoE layer\) or \[tokens, 3, 3\]"):
+        with controller.replay(torch.zeros(5, 4, 3, dtype=torch.long)):
+            pass
