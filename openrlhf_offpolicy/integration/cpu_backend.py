@@ -14,7 +14,7 @@ GPU code path changes when it is off:
 * the trainer-to-engine weight broadcast group is a gloo group (``gloo_weight_sync_group``), where
   upstream creates a PyNccl communicator;
 * the vLLM engine inside upstream's ``RolloutRayActor`` is the stand-in of ``standin_engine``
-  (``standin_vllm``): upstream's actor, executors and output handling run unchanged around it.
+  (``standin_engine_init``): upstream's actor, executors and output handling run unchanged around it.
 
 This module imports only the standard library at module level; torch is imported by the
 replacements when they run.
@@ -112,7 +112,7 @@ class GlooBroadcastGroup:
         import torch.distributed as dist
 
         store = dist.TCPStore(master_address, int(master_port), world_size, is_master=rank == 0,
-                              timeout=datetime.timedelta(seconds=300))
+                              timeout=datetime.timedelta(seconds=120))
         self.rank, self.world_size = rank, world_size
         self.group = dist.ProcessGroupGloo(dist.PrefixStore("openrlhf_offpolicy_weights", store), rank, world_size)
 
@@ -120,13 +120,13 @@ class GlooBroadcastGroup:
         import torch
         import torch.distributed as dist
 
-        # gloo broadcasts contiguous CPU tensors; bf16 travels as its int16 bit pattern (no copy).
+        # gloo has no bf16 (nor int16): every tensor travels as its bytes, through a contiguous view.
         view = tensor.data if tensor.is_contiguous() else tensor.data.contiguous()
-        wire = view.view(torch.int16) if view.dtype == torch.bfloat16 else view
+        wire = view.reshape(-1).view(torch.uint8)
         opts = dist.BroadcastOptions()
         opts.rootRank = src
         self.group.broadcast([wire], opts).wait()
-        if wire is not tensor.data and view is not tensor.data:
+        if view is not tensor.data:
             tensor.data.copy_(view)
         return tensor
 
@@ -142,23 +142,48 @@ def gloo_weight_sync_group(original, settings):
 
 
 # --------------------------------------------------------------------------- the engine
-def standin_vllm(original, settings):
-    """The ``vllm`` name inside upstream's ``vllm_engine`` module: vLLM itself, except that
-    ``AsyncLLMEngine`` / ``AsyncEngineArgs`` are the stand-in CPU engine (``standin_engine``)."""
+def standin_vllm_module(vllm):
+    """A module that is ``vllm`` except that ``AsyncLLMEngine`` / ``AsyncEngineArgs`` are the stand-in."""
     from . import standin_engine
 
+    if getattr(vllm, "AsyncLLMEngine", None) is standin_engine.StandInEngine:
+        return vllm
     shim = types.ModuleType("vllm")
-    shim.__dict__.update({k: v for k, v in vars(original).items() if not k.startswith("__") or k == "__version__"})
+    shim.__dict__.update({k: v for k, v in vars(vllm).items() if not k.startswith("__") or k == "__version__"})
     shim.AsyncEngineArgs = standin_engine.EngineArgs
     shim.AsyncLLMEngine = standin_engine.StandInEngine
     return shim
 
 
+def standin_engine_init(original, settings):
+    """``RolloutRayActor.__init__``: upstream's own, with ``vllm`` resolving to the stand-in engine.
+
+    Ray exports a ``@ray.remote`` class by value from the driver (cloudpickle), so in the engine
+    process upstream's ``__init__`` reads ``vllm`` from the globals the pickle carried, not from the
+    module: replacing the module attribute cannot reach it. This replacement is applied to the
+    class Ray instantiates, in the driver, before the first engine is created; when it runs (in the
+    engine process) it points that function's ``vllm`` at the stand-in, then runs it unchanged.
+    """
+
+    @functools.wraps(original)
+    async def __init__(self, *args, **kwargs):
+        function = original
+        while "vllm" not in function.__globals__:  # Ray wraps actor methods (tracing): upstream's is inside
+            function = function.__wrapped__
+        function.__globals__["vllm"] = standin_vllm_module(function.__globals__["vllm"])
+        await original(self, *args, **kwargs)
+
+    return __init__
+
+
 # --------------------------------------------------------------------------- flash-attn placeholder
+# What upstream imports from flash-attn at module level. Anything else (e.g. the Triton cross-entropy
+# that ``log_probs_from_logits`` tries first) stays an ImportError, so upstream takes its fallback.
 FLASH_ATTN_NAMES = {
+    "flash_attn": (),
+    "flash_attn.utils": (),
     "flash_attn.bert_padding": ("index_first_axis", "pad_input", "rearrange", "unpad_input"),
     "flash_attn.utils.distributed": ("all_gather",),
-    "flash_attn.ops.triton.cross_entropy": ("cross_entropy_loss",),
 }
 
 
@@ -183,7 +208,7 @@ class _FlashAttnPlaceholders:
     def find_spec(self, name, path=None, target=None):
         import importlib.machinery
 
-        if name != "flash_attn" and not name.startswith("flash_attn."):
+        if name not in FLASH_ATTN_NAMES:
             return None
         return importlib.machinery.ModuleSpec(name, self, is_package=True)
 

@@ -63,7 +63,7 @@ def instantiated_class(owner):
     it never reaches an actor. Ray exports (pickles) ``__ray_metadata__.modified_class``, a
     subclass of the user's class, when the first actor is created, and instantiates that.
     """
-    metadata = getattr(owner, "__dict__", {}).get("__ray_metadata__")
+    metadata = getattr(owner, "__ray_metadata__", None)  # also through a wrapper that forwards attributes
     return getattr(metadata, "modified_class", owner)
 
 
@@ -170,8 +170,8 @@ PATCHES: List[Patch] = [
           _factory("cpu_backend:cpu_replay_buffer"), when=cpu_backend, why="target device cuda:<index>"),
     Patch(_PPO_ACTOR, "stateless_init_process_group", _factory("cpu_backend:gloo_weight_sync_group"),
           when=cpu_backend, why="the trainer's weight-broadcast group is PyNccl: gloo on the CPU"),
-    Patch("openrlhf.trainer.ray.vllm_engine", "vllm", _factory("cpu_backend:standin_vllm"), when=cpu_backend,
-          why="RolloutRayActor builds vllm.AsyncLLMEngine: the CPU stand-in engine"),
+    Patch("openrlhf.trainer.ray.vllm_engine", "RolloutRayActor.__init__", _factory("cpu_backend:standin_engine_init"),
+          when=cpu_backend, why="RolloutRayActor builds vllm.AsyncLLMEngine: the CPU stand-in engine"),
     # ---- the driver, while launch.run executes upstream's __main__
     Patch("openrlhf.utils.config", "hierarchize", _factory("launch:hierarchize"), when=in_launcher,
           why="validate our settings on upstream's parsed args and finalise them"),
