@@ -160,20 +160,19 @@ def standin_engine_init(original, settings):
 
     Ray exports a ``@ray.remote`` class by value from the driver (cloudpickle), so in the engine
     process upstream's ``__init__`` reads ``vllm`` from the globals the pickle carried, not from the
-    module: replacing the module attribute cannot reach it. This replacement is applied to the
-    class Ray instantiates, in the driver, before the first engine is created; when it runs (in the
-    engine process) it points that function's ``vllm`` at the stand-in, then runs it unchanged.
+    module: replacing the module attribute cannot reach it. The replacement (``rollout_actor_init``)
+    is set on the class Ray instantiates, in the driver, before the first engine is created.
     """
+    return rollout_actor_init
 
-    @functools.wraps(original)
-    async def __init__(self, *args, **kwargs):
-        function = original
-        while "vllm" not in function.__globals__:  # Ray wraps actor methods (tracing): upstream's is inside
-            function = function.__wrapped__
-        function.__globals__["vllm"] = standin_vllm_module(function.__globals__["vllm"])
-        await original(self, *args, **kwargs)
 
-    return __init__
+async def rollout_actor_init(self, *args, **kwargs):
+    """Upstream's ``RolloutRayActor.__init__`` with its ``vllm`` pointing at the stand-in engine."""
+    from .patch_table import upstream_actor_method
+
+    upstream = upstream_actor_method(self, "__init__")
+    upstream.__globals__["vllm"] = standin_vllm_module(upstream.__globals__["vllm"])
+    await upstream(self, *args, **kwargs)
 
 
 # --------------------------------------------------------------------------- flash-attn placeholder

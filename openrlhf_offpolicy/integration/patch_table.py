@@ -67,6 +67,18 @@ def instantiated_class(owner):
     return getattr(metadata, "modified_class", owner)
 
 
+def upstream_actor_method(instance, name: str):
+    """Upstream's ``name`` for an instance of a ``@ray.remote`` class (the user class under Ray's subclass).
+
+    A replacement of an actor method must be a module-level function: Ray exports the actor class by
+    value (cloudpickle), and only a module-level function is pickled by reference, so that in the
+    actor it runs with its module's own globals (the context variables the other wrappers read).
+    It finds the method it stands for here, at call time, instead of in a closure.
+    """
+    cls = type(instance)
+    return getattr(getattr(cls, "__ray_actor_class__", cls), name)
+
+
 @dataclass(frozen=True)
 class Patch:
     """One replaced upstream symbol."""
