@@ -11,7 +11,7 @@ note line:
   cache, never downloaded), else a built-in character-level one;
 * the data: the user's local prompt dataset (its ``--data.input_key`` / ``--data.label_key``),
   else synthetic prompts ("Repeat the letter x: "); the reward: the user's local reward ``.py``,
-  else the built-in one (the fraction of response characters equal to the label);
+  else the built-in one (how close the response's characters are to the label letter);
 * sizes: a few prompts per step, short responses, at most 2 DP ranks and 2 engines, one episode
   of N steps; weights sync over gloo; no packing, ring attention or flash-attention; no wandb
   (TensorBoard logs instead, in the smoke directory unless ``--logger.tensorboard_dir`` is given).
@@ -209,7 +209,12 @@ def build_dataset(path: str, input_key: str, label_key: str, n: int, seed: int) 
             f.write(json.dumps({input_key: f"Repeat the letter {letter}: ", label_key: letter}) + "\n")
 
 
-BUILTIN_REWARD = '''"""Built-in smoke-test reward: the fraction of response characters equal to the label."""
+BUILTIN_REWARD = '''"""Built-in smoke-test reward: how close the response's characters are to the label letter.
+
+Per character c of the response (stop and pad tokens removed): 1 - |ord(c) - ord(label)| / 94, the
+distance over printable ASCII; the reward is its mean (0 for an empty response). Dense, so a tiny
+random model gets a learning signal at once; a label longer than one character: 1 if it appears.
+"""
 import torch
 
 
@@ -220,10 +225,10 @@ def reward_func(queries, prompts, labels):
         response = response.replace("</s>", "").replace("<pad>", "")
         label = str(label or "")
         if len(label) == 1:
-            rewards.append(sum(c == label for c in response) / max(len(response), 1))
+            rewards.append(sum(1 - abs(ord(c) - ord(label)) / 94 for c in response) / max(len(response), 1))
         else:
             rewards.append(float(bool(label) and label in response))
-    rewards = torch.tensor(rewards, dtype=torch.float)
+    rewards = torch.tensor(rewards, dtype=torch.float).clamp(0, 1)
     return {"rewards": rewards, "scores": rewards, "extra_logs": {}}
 '''
 
@@ -272,7 +277,7 @@ def prepare(upstream_argv: Sequence[str], steps: int, workdir: str) -> SmokeRun:
         reward = os.path.join(workdir, "reward.py")
         with open(reward, "w") as f:
             f.write(BUILTIN_REWARD)
-        notes.append("reward: built-in (the fraction of response characters equal to the label)")
+        notes.append("reward: built-in (closeness of the response characters to the label letter)")
         argv = drop_flag(argv, "--reward.model_name_or_path")
     argv = set_flag(argv, "--reward.remote_url", reward)
 
