@@ -1,4 +1,7 @@
-# make test   create .venv, install the project with every test dependency, run the suite
+# make demo   the real pipeline on CPU (upstream train_ppo_ray, stand-in engine): no correction vs tis vs trm
+#             -> demo_results/compare.png and TensorBoard logs
+# make test   create .venv, install the project with every test dependency, run the suite (e2e runs included)
+# make e2e-all  every registered preset as a two-step CPU run (outside make test)
 # make lab    run the CPU lab (estimator bench + mismatch lab) on its defaults -> lab_results/
 # make bench  every benchmark: loss (every preset vs upstream OpenRLHF 0.11.2 TIS; verl 0.9.1, TRL 1.16.0),
 #             top-K and routing transport, routing replay, --match_rollout_sampling memory, bypass
@@ -12,7 +15,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # torch 2.13.0 (CPU build) installs from this machine's disk; an unpinned torch would pull CUDA wheels.
 TORCH := torch==2.13.0
 
-.PHONY: test lab lab-async bench clean
+.PHONY: demo test e2e-all lab lab-async bench clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +37,14 @@ $(VENV)/.lab: $(VENV)/.base pyproject.toml
 	$(PIP) install -q -e '.[lab]' wandb
 	touch $@
 
+demo: $(VENV)/.test
+	$(PY) -m openrlhf_offpolicy.cli.demo --out demo_results
+
 test: $(VENV)/.test
 	$(PY) -m pytest -q
+
+e2e-all: $(VENV)/.test
+	OFFPOLICY_E2E_ALL=1 $(PY) -m pytest -q tests/e2e
 
 lab: $(VENV)/.lab
 	$(PY) -m openrlhf_offpolicy.lab --out lab_results
@@ -56,4 +65,4 @@ bench: $(VENV)/.test $(PEERS_DIR)/.installed
 	$(PY) benchmarks/run_all.py --out bench_results
 
 clean:
-	rm -rf $(VENV) lab_results bench_results
+	rm -rf $(VENV) lab_results bench_results demo_results

@@ -130,11 +130,12 @@ def _extra_value_message(token: str, tokens: Sequence[str], parser: argparse.Arg
 
 
 def check_inputs(ns: argparse.Namespace) -> None:
-    """What any run needs: a policy model and a reward (upstream would fail later, unclearly)."""
+    """What any run needs: a policy model and a reward (upstream would fail later, unclearly); a smoke
+    test has a built-in reward."""
     get = vars(ns).get
     if not get("actor.model_name_or_path"):
         raise UsageError("no policy model: give --actor.model_name_or_path MODEL (a Hugging Face name or path)")
-    if not (get("reward.remote_url") or get("reward.model_name_or_path") or get("train.agent_func_path")):
+    if get("smoke_test") is None and not (get("reward.remote_url") or get("reward.model_name_or_path") or get("train.agent_func_path")):
         raise UsageError("no reward: give --reward.remote_url URL_OR_FILE.py (e.g. examples/scripts/reward_math.py), "
                          "--reward.model_name_or_path MODEL or --train.agent_func_path FILE.py")
 

@@ -90,6 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use vLLM's rollout log-probs as pi_old and skip the actor's old-log-prob forward")
     parser.add_argument("--vllm_dtype", choices=["auto", "bfloat16", "float16"], default="auto",
                         help="dtype of the vLLM engines; auto follows --ds.param_dtype (upstream: always bfloat16)")
+    smoke = parser.add_argument_group("CPU smoke test")
+    smoke.add_argument("--smoke_test", type=int, default=None, metavar="N",
+                       help="run N steps of this configuration on this machine's CPU: upstream's real loop with a "
+                       "tiny random model of the same architecture and a stand-in vLLM engine; prints a summary "
+                       "and, last, one JSON line")
+    smoke.add_argument("--smoke_mismatch", choices=("none", "bf16", "weights", "router"), default="bf16",
+                       help="the stand-in engine's mismatch against the trainer: none (the trainer's own "
+                       "log-probs), bf16 (its own KV-cache decode), weights (plus weight noise), router (plus "
+                       "router-logit noise, MoE)")
+    smoke.add_argument("--smoke_mismatch_scale", type=float, default=None, metavar="X",
+                       help="noise scale of --smoke_mismatch weights (relative, default 0.02) or router "
+                       "(default 1.0)")
+    smoke.add_argument("--smoke_dir", default=None, metavar="DIR",
+                       help="where the smoke test writes its model, data, logs and checkpoints (default: a new "
+                       "temporary directory)")
     group = parser.add_argument_group("method parameters")
     for p in method_params().values():
         # SUPPRESS: a flag that is not given leaves no attribute, so "given" is distinguishable from
@@ -396,6 +411,17 @@ def print_help() -> int:
     return 0
 
 
+def smoke_test(ours, settings, upstream_argv) -> int:
+    from ..integration import smoke
+
+    if ours.smoke_test < 1:
+        raise UsageError(f"--smoke_test needs a number of steps >= 1, got {ours.smoke_test}")
+    if ours.dry_run:
+        raise UsageError("--smoke_test and --dry_run exclude each other")
+    return smoke.run(upstream_argv, settings, ours.smoke_test, ours.smoke_mismatch, ours.smoke_mismatch_scale,
+                     ours.smoke_dir, PROG)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..integration.launch import MissingDependency
     from ..integration.upstream_source import UpstreamMissing
@@ -406,6 +432,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     output = Output(argv)
     try:
         ours, settings, upstream_argv = parse(argv, output)
+        if ours.smoke_test is not None:
+            return smoke_test(ours, settings, upstream_argv)
         from ..integration.launch import run
 
         args, config, settings = run(upstream_argv, settings, dry_run=ours.dry_run,

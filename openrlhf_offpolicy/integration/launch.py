@@ -239,6 +239,11 @@ def ray_init(original, settings: OffPolicySettings):
             return original(*args, runtime_env=runtime_env, **kwargs)
         user_hook = take_job_setup_hook()
         env = runtime_env_with_settings(runtime_env, state.final, user_hook)
+        if state.final.cpu_backend:
+            from . import cpu_backend
+
+            env["env_vars"] = {**env["env_vars"], **cpu_backend.WORKER_ENV}
+            kwargs = cpu_backend.ray_init_kwargs(kwargs)
         return original(*args, runtime_env=env, **kwargs)
 
     return init
@@ -282,7 +287,8 @@ def run(
     check_versions()
     if dry_run:
         return _dry_run(upstream_argv, settings, explicit_flags, prog)
-    require_gpu_stack()
+    if not settings.cpu_backend:
+        require_gpu_stack()
     state = RunState(settings=settings, dry_run=dry_run, explicit_flags=set(explicit_flags))
     _RUN = state
     try:

@@ -41,11 +41,42 @@ def own_log_prob_kernel(settings: OffPolicySettings) -> bool:
     return bool(settings.logprobs_topk) or settings.match_rollout_sampling
 
 
+def cpu_backend(settings: OffPolicySettings) -> bool:
+    """``--smoke_test``: upstream's loop on the CPU (``cpu_backend``); never on a GPU run."""
+    return settings.cpu_backend
+
+
 def in_launcher(settings: OffPolicySettings) -> bool:
     """Only while ``launch.run`` executes upstream's ``__main__`` in this process (the driver)."""
     from . import launch
 
     return launch.active() is not None
+
+
+RAY_HANDLE_API = ("options", "remote", "bind")  # methods of Ray's ActorClass handle itself (driver side)
+
+
+def instantiated_class(owner):
+    """The class Ray instantiates for a ``@ray.remote`` class, else ``owner`` itself.
+
+    The module attribute of a ``@ray.remote`` class is Ray's ``ActorClass`` handle: a method set on
+    it never reaches an actor. Ray exports (pickles) ``__ray_metadata__.modified_class``, a
+    subclass of the user's class, when the first actor is created, and instantiates that.
+    """
+    metadata = getattr(owner, "__ray_metadata__", None)  # also through a wrapper that forwards attributes
+    return getattr(metadata, "modified_class", owner)
+
+
+def upstream_actor_method(instance, name: str):
+    """Upstream's ``name`` for an instance of a ``@ray.remote`` class (the user class under Ray's subclass).
+
+    A replacement of an actor method must be a module-level function: Ray exports the actor class by
+    value (cloudpickle), and only a module-level function is pickled by reference, so that in the
+    actor it runs with its module's own globals (the context variables the other wrappers read).
+    It finds the method it stands for here, at call time, instead of in a closure.
+    """
+    cls = type(instance)
+    return getattr(getattr(cls, "__ray_actor_class__", cls), name)
 
 
 @dataclass(frozen=True)
@@ -63,6 +94,8 @@ class Patch:
         *path, name = self.target.split(".")
         for part in path:
             owner = getattr(owner, part)
+            if name not in RAY_HANDLE_API:
+                owner = instantiated_class(owner)
         return owner, name
 
     @property
@@ -138,6 +171,20 @@ PATCHES: List[Patch] = [
           why="engines start with max_logprobs >= K"),
     Patch("openrlhf.models.actor", "Actor.forward", _factory("topk:actor_forward"), when=topk_on,
           why="place the micro-batch's top-K ids in the logits layout and collect pi_theta there"),
+    # ---- the CPU backend (--smoke_test): only what assumes CUDA (see cpu_backend)
+    *[Patch("torch.cuda", name, _factory("cpu_backend:cuda_noop"), when=cpu_backend,
+            why="a CUDA call with nothing to do on the CPU")
+      for name in ("set_device", "empty_cache", "synchronize", "current_stream")],
+    Patch("torch.cuda", "current_device", _factory("cpu_backend:cpu_device"), when=cpu_backend,
+          why="upstream moves tensors to the current device: the CPU"),
+    Patch("openrlhf.utils.deepspeed.deepspeed", "init_device_mesh", _factory("cpu_backend:cpu_device_mesh"),
+          when=cpu_backend, why="DeepspeedStrategy builds its mesh on 'cuda'"),
+    Patch("openrlhf.trainer.ppo_utils.replay_buffer", "NaiveReplayBuffer.__init__",
+          _factory("cpu_backend:cpu_replay_buffer"), when=cpu_backend, why="target device cuda:<index>"),
+    Patch(_PPO_ACTOR, "stateless_init_process_group", _factory("cpu_backend:gloo_weight_sync_group"),
+          when=cpu_backend, why="the trainer's weight-broadcast group is PyNccl: gloo on the CPU"),
+    Patch("openrlhf.trainer.ray.vllm_engine", "RolloutRayActor.__init__", _factory("cpu_backend:standin_engine_init"),
+          when=cpu_backend, why="RolloutRayActor builds vllm.AsyncLLMEngine: the CPU stand-in engine"),
     # ---- the driver, while launch.run executes upstream's __main__
     Patch("openrlhf.utils.config", "hierarchize", _factory("launch:hierarchize"), when=in_launcher,
           why="validate our settings on upstream's parsed args and finalise them"),

@@ -65,6 +65,10 @@ def install(settings: OffPolicySettings) -> None:
     if _installed is not None:
         undo()
     _installed = settings
+    if settings.cpu_backend:
+        from .cpu_backend import install_flash_attn_placeholder
+
+        install_flash_attn_placeholder()
     by_module: Dict[str, List[Patch]] = {}
     for patch in PATCHES:
         if patch.when(settings):

@@ -124,7 +124,8 @@ def experience_field(routed, truncate_length: int) -> torch.Tensor:
 def check_routed_rows(routed) -> np.ndarray:
     """vLLM's routed experts of one sample as an integer array ``[tokens, layers, top_k]``, or a one-line
     ``RoutingReplayError``: the dtype (bools, floats and NaN are refused, never truncated), the shape,
-    the range of a stored id and ids repeated within a token's top-k (naming the token and the layer)."""
+    the range of a stored id and ids repeated within a token's top-k (naming the token and the layer).
+    All-zero rows are dense layers' (vLLM's layout); the trainer checks the MoE layers' ids again."""
     array = np.asarray(routed)
     if array.ndim != 3:
         raise RoutingReplayError(f"routed experts must be [tokens, layers, top_k], got {tuple(array.shape)}")
@@ -139,7 +140,10 @@ def check_routed_rows(routed) -> np.ndarray:
         raise RoutingReplayError(f"routed expert id {int(array[token, layer, slot])} out of range at token {token}, "
                                  f"MoE layer {layer}")
     ordered = np.sort(array, axis=-1)
-    repeated = (ordered[..., 1:] == ordered[..., :-1]).any(axis=-1)
+    # vLLM's buffers start at zero and a dense decoder layer never writes its row: an all-zero row is
+    # a dense layer's (an MoE layer's top-k ids are distinct, so k >= 2 zeros cannot be routing).
+    dense_row = (array == 0).all(axis=-1)
+    repeated = (ordered[..., 1:] == ordered[..., :-1]).any(axis=-1) & ~dense_row
     if repeated.any():
         token, layer = (int(i) for i in np.argwhere(repeated)[0])
         raise RoutingReplayError(f"routed experts name one expert twice at token {token}, MoE layer {layer}: "

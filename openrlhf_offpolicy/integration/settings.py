@@ -47,6 +47,9 @@ class OffPolicySettings:
     bypass_old_logprobs:       use the rollout log-probs as pi_old; skip the actor's old-log-prob forward.
     vllm_dtype:                ``--vllm_dtype`` as given (auto/bfloat16/float16).
     engine_dtype:              the dtype the vLLM engines are created with (resolved; None: upstream's).
+    cpu_backend:               run upstream's loop on the CPU (``--smoke_test``; see ``cpu_backend``).
+    smoke_mismatch, smoke_mismatch_scale:
+                               the CPU stand-in engine's mismatch against the trainer (``standin_engine``).
     """
 
     loss_kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -64,6 +67,9 @@ class OffPolicySettings:
     bypass_old_logprobs: bool = False
     vllm_dtype: str = "auto"
     engine_dtype: Optional[str] = None
+    cpu_backend: bool = False
+    smoke_mismatch: str = "bf16"
+    smoke_mismatch_scale: Optional[float] = None
 
     def __post_init__(self) -> None:
         # JSON has no tuples: sequences are kept as lists, so ``from_json(to_json(s)) == s`` exactly.

@@ -19,6 +19,7 @@ import torch
 from ..corrections.metrics import StepMetrics
 from ..models.logprobs import Truncation, log_probs_with_topk
 from . import patches
+from .patch_table import upstream_actor_method
 from .loss import PENDING, OpenRLHFPolicyLoss, PendingTopK, policy_loss_class
 from .settings import OffPolicySettings
 
@@ -201,14 +202,18 @@ def log_probs_from_logits(original, settings: OffPolicySettings):
 
 
 def policy_forward(original, settings: OffPolicySettings):
-    """PolicyModelActor.forward (old log-probs): the rollout truncation applies to the policy only."""
+    """PolicyModelActor.forward (old log-probs): the rollout truncation applies to the policy only.
 
-    @functools.wraps(original)
-    def forward(self, *args, **kwargs):
-        with _set(POLICY_TRUNCATION, rollout_truncation(patches.current())):
-            return original(self, *args, **kwargs)
+    ``PolicyModelActor`` is a ``@ray.remote`` class: the replacement is the module-level
+    ``policy_actor_forward`` (see ``patch_table.upstream_actor_method``)."""
+    return policy_actor_forward
 
-    return forward
+
+def policy_actor_forward(self, *args, **kwargs):
+    """``PolicyModelActor.forward`` with this process's rollout truncation on the policy's logits."""
+    upstream = upstream_actor_method(self, "forward")
+    with _set(POLICY_TRUNCATION, rollout_truncation(patches.current())):
+        return upstream(self, *args, **kwargs)
 
 
 def approx_kl_outside_truncation(original, settings: OffPolicySettings):

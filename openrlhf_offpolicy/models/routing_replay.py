@@ -166,8 +166,18 @@ def _decoder_layer_index(module_name: str) -> int:
     raise RoutingReplayError(f"routing replay: cannot find the decoder layer of router {module_name!r}")
 
 
+def hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model inside wrappers that keep it as ``.module`` (DeepSpeed's engine, whose
+    own ``config`` is DeepSpeed's configuration, not the model's)."""
+    while getattr(getattr(model, "config", None), "model_type", None) is None and isinstance(
+            getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
 def find_routers(model: torch.nn.Module) -> List[torch.nn.Module]:
     """The MoE routers of a supported HF model, in layer order; one-line error otherwise."""
+    model = hf_model(model)
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -272,6 +282,7 @@ class RoutingReplay:
     """
 
     def __init__(self, model: torch.nn.Module):
+        model = hf_model(model)
         self.routers = find_routers(model)
         self.layer_of = {id(r): i for i, r in enumerate(self.routers)}
         names = {id(m): name for name, m in model.named_modules()}

@@ -35,6 +35,15 @@ def test_well_formed_routed_experts_keep_their_ids():
     assert field.dtype == torch.uint8 and field[0, 0, :, :2].T.tolist() == [[5, 3], [0, 2]]
 
 
+def test_a_dense_layers_all_zero_row_in_vllms_layout_is_not_a_repeated_expert():
+    """vLLM leaves a dense decoder layer's row at 0 (DeepSeek-V3's first layers): accepted, while a
+    repeated nonzero id in an MoE layer's row is still refused."""
+    routed = np.array([[[0, 0], [5, 3]], [[0, 0], [0, 2]]], dtype=np.uint8)
+    assert experience_field(routed, 16).shape[1] == 2
+    with pytest.raises(RoutingReplayError, match="twice at token 1, MoE layer 1"):
+        experience_field(np.array([[[0, 0], [5, 3]], [[0, 0], [2, 2]]], dtype=np.uint8), 16)
+
+
 class LP:
     def __init__(self, logprob, rank):
         self.logprob, self.rank = logprob, rank

@@ -328,6 +328,20 @@ def test_each_router_knows_its_decoder_layer_and_the_config_rule_agrees(name):
     assert moe_layer_indices(model.config.to_dict()) == expected
 
 
+class EngineWrapper(torch.nn.Module):
+    """Like DeepSpeed's engine: the model as ``.module``, and a ``config`` that is not the model's."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.config = module, {"train_batch_size": 8}
+
+
+def test_routing_replay_finds_the_model_inside_an_engine_wrapper_whose_config_is_not_the_models():
+    model = tiny_moe("qwen3_moe", num_hidden_layers=2)
+    controller = RoutingReplay.attach(EngineWrapper(model))
+    assert list(controller.decoder_layers) == [0, 1] and controller.num_decoder_layers == 2
+
+
 def vllm_routed_experts(model, tokens: int, seed: int = 0) -> torch.Tensor:
     """``[tokens, num_hidden_layers, k]`` like vLLM 0.29's ``routed_experts``: one row per decoder layer,
     the MoE layers' rows at their decoder-layer index; a dense layer's row is never written by vLLM

@@ -1,0 +1,240 @@
+"""The CPU backend: upstream's real ``train_ppo_ray`` loop on a machine without a GPU.
+
+Used by ``--smoke_test`` (and so by ``make demo`` and the end-to-end suite). What runs is
+upstream's own code: Ray actors scheduled on GPUs declared as Ray resources, DeepSpeed on its CPU
+accelerator (``DS_ACCELERATOR=cpu``, which selects gloo), upstream's experience maker, replay
+buffer, ``ppo_train``, weight broadcast and checkpointing. Only what assumes CUDA is replaced,
+each replacement an entry of ``patch_table.PATCHES`` under the ``cpu_backend`` condition, so no
+GPU code path changes when it is off:
+
+* ``torch.cuda.{set_device, empty_cache, synchronize, current_stream}`` do nothing and
+  ``torch.cuda.current_device`` names the CPU (``cuda_noop``, ``cpu_device``);
+* DeepSpeed's device mesh is built on ``"cpu"`` (``cpu_device_mesh``);
+* the replay buffer's target device is the CPU (``cpu_replay_buffer``);
+* the trainer-to-engine weight broadcast group is a gloo group (``gloo_weight_sync_group``), where
+  upstream creates a PyNccl communicator;
+* the vLLM engine inside upstream's ``RolloutRayActor`` is the stand-in of ``standin_engine``
+  (``standin_engine_init``): upstream's actor, executors and output handling run unchanged around it.
+
+This module imports only the standard library at module level; torch is imported by the
+replacements when they run.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import types
+
+# Environment every Ray worker of a CPU run gets (ray_init adds it to the job's runtime env).
+WORKER_ENV = {
+    "DS_ACCELERATOR": "cpu",  # DeepSpeed's CPU accelerator: gloo collectives, no CUDA
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",  # many small processes share the cores
+}
+
+
+# Resources a local Ray cluster of a CPU run declares: Ray schedules upstream's placement groups and
+# actors on GPUs it is told exist; nothing ever uses them as devices.
+DECLARED_GPUS = 16
+DECLARED_CPUS = 16
+
+
+def ray_init_kwargs(kwargs: dict) -> dict:
+    """``ray.init`` keywords for a CPU run: declared GPUs and CPUs when it starts a local cluster."""
+    if os.environ.get("RAY_ADDRESS") or kwargs.get("address"):
+        return kwargs  # an existing cluster declares its own resources
+    return {"num_gpus": DECLARED_GPUS, "num_cpus": DECLARED_CPUS, **kwargs}
+
+
+# --------------------------------------------------------------------------- torch.cuda
+def cuda_noop(original, settings):
+    """A CUDA call with nothing to do on the CPU (set_device, empty_cache, synchronize, current_stream)."""
+
+    @functools.wraps(original)
+    def noop(*args, **kwargs):
+        return None
+
+    return noop
+
+
+def cpu_device(original, settings):
+    """``torch.cuda.current_device()``: upstream moves tensors ``.to()`` it; on the CPU backend, the CPU."""
+
+    @functools.wraps(original)
+    def current_device():
+        import torch
+
+        return torch.device("cpu")
+
+    return current_device
+
+
+def cpu_device_mesh(original, settings):
+    """``init_device_mesh("cuda", ...)`` in upstream's DeepspeedStrategy, built on the CPU instead."""
+
+    @functools.wraps(original)
+    def init_device_mesh(device_type, *args, **kwargs):
+        return original("cpu" if device_type == "cuda" else device_type, *args, **kwargs)
+
+    return init_device_mesh
+
+
+def cpu_replay_buffer(original, settings):
+    """``NaiveReplayBuffer.__init__``: its target device is ``cuda:<current_device>``; here the CPU."""
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        import torch
+
+        current = torch.cuda.current_device
+        torch.cuda.current_device = lambda: 0  # the f-string needs an index; replaced just below
+        try:
+            original(self, *args, **kwargs)
+        finally:
+            torch.cuda.current_device = current
+        self.target_device = torch.device("cpu")
+
+    return __init__
+
+
+# --------------------------------------------------------------------------- weight sync over gloo
+class GlooBroadcastGroup:
+    """The trainer-to-engines weight group on gloo, with PyNccl's ``broadcast(tensor, src, stream)``.
+
+    Upstream's rank 0 and every engine each create one (``stateless_init_process_group``) from the
+    same address, port and world size; ranks meet in a ``TCPStore`` hosted by rank 0.
+    """
+
+    def __init__(self, master_address: str, master_port: int, rank: int, world_size: int):
+        import datetime
+
+        import torch.distributed as dist
+
+        store = dist.TCPStore(master_address, int(master_port), world_size, is_master=rank == 0,
+                              timeout=datetime.timedelta(seconds=120))
+        self.rank, self.world_size = rank, world_size
+        self.group = dist.ProcessGroupGloo(dist.PrefixStore("openrlhf_offpolicy_weights", store), rank, world_size)
+
+    def broadcast(self, tensor, src: int = 0, stream=None):
+        import torch
+        import torch.distributed as dist
+
+        # gloo has no bf16 (nor int16): every tensor travels as its bytes, through a contiguous view.
+        view = tensor.data if tensor.is_contiguous() else tensor.data.contiguous()
+        wire = view.reshape(-1).view(torch.uint8)
+        opts = dist.BroadcastOptions()
+        opts.rootRank = src
+        self.group.broadcast([wire], opts).wait()
+        if view is not tensor.data:
+            tensor.data.copy_(view)
+        return tensor
+
+
+def gloo_weight_sync_group(original, settings):
+    """``stateless_init_process_group`` (upstream: PyNccl) as a gloo group on the CPU backend."""
+
+    @functools.wraps(original)
+    def init(master_address, master_port, rank, world_size, device=None):
+        return GlooBroadcastGroup(master_address, master_port, rank, world_size)
+
+    return init
+
+
+# --------------------------------------------------------------------------- the engine
+def standin_vllm_module(vllm):
+    """A module that is ``vllm`` except that ``AsyncLLMEngine`` / ``AsyncEngineArgs`` are the stand-in."""
+    from . import standin_engine
+
+    if getattr(vllm, "AsyncLLMEngine", None) is standin_engine.StandInEngine:
+        return vllm
+    shim = types.ModuleType("vllm")
+    shim.__dict__.update({k: v for k, v in vars(vllm).items() if not k.startswith("__") or k == "__version__"})
+    shim.AsyncEngineArgs = standin_engine.EngineArgs
+    shim.AsyncLLMEngine = standin_engine.StandInEngine
+    return shim
+
+
+def standin_engine_init(original, settings):
+    """``RolloutRayActor.__init__``: upstream's own, with ``vllm`` resolving to the stand-in engine.
+
+    Ray exports a ``@ray.remote`` class by value from the driver (cloudpickle), so in the engine
+    process upstream's ``__init__`` reads ``vllm`` from the globals the pickle carried, not from the
+    module: replacing the module attribute cannot reach it. The replacement (``rollout_actor_init``)
+    is set on the class Ray instantiates, in the driver, before the first engine is created.
+    """
+    return rollout_actor_init
+
+
+async def rollout_actor_init(self, *args, **kwargs):
+    """Upstream's ``RolloutRayActor.__init__`` with its ``vllm`` pointing at the stand-in engine."""
+    from .patch_table import upstream_actor_method
+
+    upstream = upstream_actor_method(self, "__init__")
+    upstream.__globals__["vllm"] = standin_vllm_module(upstream.__globals__["vllm"])
+    await upstream(self, *args, **kwargs)
+
+
+# --------------------------------------------------------------------------- flash-attn placeholder
+# What upstream imports from flash-attn at module level. Anything else (e.g. the Triton cross-entropy
+# that ``log_probs_from_logits`` tries first) stays an ImportError, so upstream takes its fallback.
+FLASH_ATTN_NAMES = {
+    "flash_attn": (),
+    "flash_attn.utils": (),
+    "flash_attn.bert_padding": ("index_first_axis", "pad_input", "rearrange", "unpad_input"),
+    "flash_attn.utils.distributed": ("all_gather",),
+}
+
+
+class _Placeholder:
+    """Stands for a missing ``flash_attn`` function: importing works, calling says what is missing."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(f"{self.name} needs flash-attn, which is not installed: the CPU backend runs without "
+                           "--ds.packing_samples and ring attention")
+
+
+class _FlashAttnPlaceholders:
+    """A meta-path finder: ``import flash_attn...`` gives placeholder modules when flash-attn is absent.
+
+    Upstream's ``openrlhf.models`` imports ``flash_attn.bert_padding`` at import time but computes
+    with it only for packed samples, which the CPU backend turns off.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        import importlib.machinery
+
+        if name not in FLASH_ATTN_NAMES:
+            return None
+        return importlib.machinery.ModuleSpec(name, self, is_package=True)
+
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+        for attr in FLASH_ATTN_NAMES.get(spec.name, ()):
+            setattr(module, attr, _Placeholder(f"{spec.name}.{attr}"))
+        return module
+
+    def exec_module(self, module):
+        return None
+
+
+def install_flash_attn_placeholder() -> bool:
+    """Install the placeholder finder when flash-attn is not installed; True if installed."""
+    import importlib.util
+    import sys
+
+    if any(isinstance(f, _FlashAttnPlaceholders) for f in sys.meta_path):
+        return True
+    if importlib.util.find_spec("flash_attn") is not None:
+        return False
+    sys.meta_path.append(_FlashAttnPlaceholders())
+    return True
+
+
+def in_cpu_run() -> bool:
+    """Whether this process belongs to a CPU-backend run (the driver sets the variable for its workers)."""
+    return os.environ.get("DS_ACCELERATOR") == "cpu"
