@@ -8,10 +8,11 @@ command line), so every metric passes upstream's all-reduce across ranks.
 import json
 import math
 import os
+import re
 
 import pytest
 
-from smoke_runs import BASE, DSV3, MOE
+from smoke_runs import BASE, DSV3, MOE, REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -82,19 +83,40 @@ def test_r2_records_routing_in_the_old_forward_on_both_moe_models(smoke, tmp_pat
         finite(run.steps, ["policy_loss"])
 
 
-def test_async_max_staleness_keeps_two_ranks_in_lockstep(smoke):
+def readme_panel_metrics():
+    """The ``train/...`` metrics of the README's panel table (first column, in backticks)."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    table = text[text.index("| panel (`train/...`)"):].split("\n\n")[0]
+    names = set()
+    for row in table.splitlines()[2:]:
+        names.update(re.findall(r"`([a-z_0-9/]+)`", row.split("|")[1]))
+    return names
+
+
+def test_async_max_staleness_keeps_two_ranks_in_lockstep_and_logs_every_readme_metric(smoke):
     """Async training, --max_staleness 0 and a generate batch larger than the rollout batch: samples
-    are dropped, and the two DP ranks still run the same number of micro-steps (no hang)."""
+    are dropped, and the two DP ranks still run the same number of micro-steps (before the lockstep
+    fix, unequal micro-step counts paired the per-window all-reduces wrongly). The TensorBoard log
+    holds every metric the README's panel table lists."""
     run = smoke("--train.async_enable", "--max_staleness", "0", "--rollout.vllm_generate_batch_size", "4",
-                "--config", "configs/seq_mis.yaml", steps=3).ok()
+                "--config", "configs/trm.yaml", "--rejection", "token_k1:-0.2:0.2", steps=3).ok()
     finite(run.steps, ["policy_loss", "staleness/mean"])
     assert max(row.get("staleness/dropped_frac", 0.0) for row in run.steps) > 0.0
+    logged = set().union(*(row.keys() for row in run.steps))
+    wanted = readme_panel_metrics()
+    assert len(wanted) >= 12
+    assert wanted <= logged, f"the README lists metrics the run did not log: {sorted(wanted - logged)}"
 
 
-def test_bypass_with_trm_and_reinforce_max_and_fp16_engines(smoke):
-    run = smoke("--bypass_old_logprobs", "--config", "configs/trm.yaml", "--vllm_dtype", "float16",
-                base=[b for b in _base_without_estimator()] + ["--algo.advantage.estimator", "reinforce_max"]).ok()
-    finite(run.steps, ["policy_loss", "trm/accept_rate"])
+def test_bypass_with_trm_on_the_current_policy_reinforce_max_and_fp16_engines(smoke):
+    """--bypass_old_logprobs (pi_old := pi_roll, no old-log-prob forward) with TRM gating pi_roll
+    against pi_theta, reinforce_max advantages and float16 engines (weights cast on the broadcast)."""
+    run = smoke("--bypass_old_logprobs", "--config", "configs/trm.yaml", "--trm_reference", "current",
+                "--vllm_dtype", "float16", base=_base_without_estimator() + ["--algo.advantage.estimator",
+                                                                              "reinforce_max"]).ok()
+    finite(run.steps, ["policy_loss", "trm/accept_rate", "mismatch/k3"])
+    assert all(row["mismatch/k3"] > 0 for row in run.steps), "fp16 engines against a bf16 trainer differ"
 
 
 def test_topk_divergence_with_rejection_and_sapo(smoke):

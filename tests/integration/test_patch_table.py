@@ -24,10 +24,9 @@ RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "upstream_symb
 
 
 def upstream_symbol(patch):
-    owner = importlib.import_module(patch.module)
-    *path, name = patch.target.split(".")
-    for part in path:
-        owner = getattr(owner, part)
+    """The symbol the patch replaces, resolved as the patch resolves it (on a ``@ray.remote`` class:
+    the class Ray instantiates, whose method is upstream's under Ray's wrapper)."""
+    owner, name = patch.owner_and_name(importlib.import_module(patch.module))
     return getattr(owner, name)
 
 
