@@ -115,8 +115,7 @@ def test_bypass_with_trm_on_the_current_policy_reinforce_max_and_fp16_engines(sm
     run = smoke("--bypass_old_logprobs", "--config", "configs/trm.yaml", "--trm_reference", "current",
                 "--vllm_dtype", "float16", base=_base_without_estimator() + ["--algo.advantage.estimator",
                                                                               "reinforce_max"]).ok()
-    finite(run.steps, ["policy_loss", "trm/accept_rate", "mismatch/k3"])
-    assert all(row["mismatch/k3"] > 0 for row in run.steps), "fp16 engines against a bf16 trainer differ"
+    finite(run.steps, ["policy_loss", "trm/accept_rate"])
 
 
 def test_topk_divergence_with_rejection_and_sapo(smoke):
