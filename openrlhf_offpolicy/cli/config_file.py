@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Tuple
 import yaml
 
 from .checks import UsageError
-from .redaction import ECHO_LIMIT
+from ..integration.redaction import ECHO_LIMIT
 
 MAX_BYTES = 64 << 10  # 64 KiB: the presets are under 2 KB; the worst case (a flat list of 30k values) answers in < 1 s
 MAX_DEPTH = 32

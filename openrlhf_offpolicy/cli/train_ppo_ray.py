@@ -35,7 +35,7 @@ from ..integration.settings import OffPolicySettings  # noqa: E402
 from ..integration.upstream_args import given_flags, peek_upstream_args, vllm_enabled  # noqa: E402
 from . import checks  # noqa: E402
 from .config_file import load_preset  # noqa: E402
-from .redaction import REDACTED, is_secret_flag, redact_text, redact_value, secret_values, shorten_tokens  # noqa: E402
+from ..integration.redaction import REDACTED, is_secret_flag, redact_text, redact_value, secret_values, shorten_tokens  # noqa: E402
 from ..corrections.registry import shorten  # noqa: E402
 from .checks import StrictParser as _Parser, UsageError  # noqa: E402,F401
 

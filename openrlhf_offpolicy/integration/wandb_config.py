@@ -11,14 +11,12 @@ redacted) and, under ``offpolicy``, the settings plus the resolved ``PolicyLoss`
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import asdict, is_dataclass
 from types import SimpleNamespace
 from typing import Any, Dict
 
-SECRET = re.compile(r"key|token|secret|password", re.IGNORECASE)
-NOT_SECRET = re.compile(r"^data\.|^ckpt\.best_metric_key$")
-REDACTED = "<redacted>"
+from .redaction import REDACTED, is_secret_flag, redact_value
+
 
 
 class Section(dict):
@@ -44,10 +42,10 @@ def _section(namespace: Any, prefix: str) -> Section:
         name = f"{prefix}{key}"
         if _is_namespace(value):
             items[key] = _section(value, name + ".")
-        elif isinstance(value, str) and SECRET.search(key) and not NOT_SECRET.search(name):
+        elif value not in (None, "", [], False) and is_secret_flag(name):
             items[key] = REDACTED
         else:
-            items[key] = value
+            items[key] = redact_value(value)  # URL user-info and credential query parameters
     return Section(items, namespace)
 
 
@@ -68,7 +66,7 @@ def config_view(args) -> SimpleNamespace:
     """``args`` as upstream's WandbLogger should see it (see the module docstring)."""
     view = _section(args, "")
     items = dict(view)
-    items["offpolicy"] = offpolicy_config(args)
+    items["offpolicy"] = redact_value(offpolicy_config(args))
     out = SimpleNamespace(**items)
     return out
 
