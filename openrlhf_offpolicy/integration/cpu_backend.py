@@ -114,7 +114,21 @@ class GlooBroadcastGroup:
         store = dist.TCPStore(master_address, int(master_port), world_size, is_master=rank == 0,
                               timeout=datetime.timedelta(seconds=120))
         self.rank, self.world_size = rank, world_size
+        self.store = store
         self.group = dist.ProcessGroupGloo(dist.PrefixStore("openrlhf_offpolicy_weights", store), rank, world_size)
+
+    def close(self) -> None:
+        """Leave together: a barrier, then the group before the store it meets in.
+
+        Left to interpreter exit, the destruction order is arbitrary, and a store host that goes
+        while a peer's gloo pair is still open ends in ``terminate called`` (SIGABRT). Ray kills
+        upstream's actors without running this; tests and scripts that own a group call it.
+        """
+        if self.group is None:
+            return
+        self.group.barrier().wait()
+        self.group = None
+        self.store = None
 
     def broadcast(self, tensor, src: int = 0, stream=None):
         import torch
