@@ -37,3 +37,29 @@ def test_only_integration_imports_openrlhf():
             if name.endswith(".py") and os.path.relpath(root, package).split(os.sep)[0] != "integration":
                 with open(os.path.join(root, name)) as f:
                     assert not pattern.search(f.read()), os.path.join(root, name)
+
+
+def test_a_ray_workers_setup_hook_imports_no_torch_vllm_deepspeed_or_openrlhf():
+    """The hook runs before Ray's CUDA_VISIBLE_DEVICES matters: post-import hooks only, every feature on."""
+    code = ("import json, os, sys\n"
+            "from openrlhf_offpolicy.integration.settings import ENV_VAR, OffPolicySettings\n"
+            "os.environ[ENV_VAR] = OffPolicySettings(logprobs_topk=4, match_rollout_sampling=True, "
+            "rollout_top_p=0.9, routing_replay='r3', max_staleness=0, cpu_backend=True, "
+            "advantage_estimator='reinforce_max').to_json()\n"
+            "from openrlhf_offpolicy.integration import worker, patches\n"
+            "worker.setup()\n"
+            "assert patches.current() is not None\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'vllm', 'deepspeed', 'transformers', 'openrlhf', 'numpy'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_import_linter_contracts_hold():
+    """Layers point down (cli -> integration -> models -> corrections), corrections and models import no
+    OpenRLHF/Ray/vLLM/DeepSpeed/transformers, and no sibling modules form a cycle (pyproject.toml)."""
+    lint_imports = os.path.join(os.path.dirname(sys.executable), "lint-imports")
+    out = subprocess.run([lint_imports, "--no-cache"], capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env={**os.environ, "PYTHONPATH": REPO})
+    assert out.returncode == 0, out.stdout[-4000:]

@@ -135,7 +135,8 @@ def check_inputs(ns: argparse.Namespace) -> None:
     get = vars(ns).get
     if not get("actor.model_name_or_path"):
         raise UsageError("no policy model: give --actor.model_name_or_path MODEL (a Hugging Face name or path)")
-    if get("smoke_test") is None and not (get("reward.remote_url") or get("reward.model_name_or_path") or get("train.agent_func_path")):
+    has_reward = get("reward.remote_url") or get("reward.model_name_or_path") or get("train.agent_func_path")
+    if get("smoke_test") is None and not has_reward:
         raise UsageError("no reward: give --reward.remote_url URL_OR_FILE.py (e.g. examples/scripts/reward_math.py), "
                          "--reward.model_name_or_path MODEL or --train.agent_func_path FILE.py")
 

@@ -2,8 +2,8 @@
 
 Three ``train_ppo_ray --smoke_test`` runs of one tiny task (a tiny random Qwen2, synthetic
 "Repeat the letter x" prompts, the built-in reward), with the stand-in engine's weights perturbed
-(``--smoke_mismatch weights --smoke_mismatch_scale 0.3``: the rollout policy is not the trained one), differing only in the
-correction: none, token TIS (Yao et al., 2025) and TRM-Max (Li et al., arXiv 2512.23075). Each run
+(``--smoke_mismatch weights --smoke_mismatch_scale 0.3``: the rollout policy is not the trained one),
+differing only in the correction: none, token TIS (Yao et al., 2025) and TRM-Max (Li et al., arXiv 2512.23075). Each run
 writes its TensorBoard log under ``OUT/<method>/``; the comparison is ``OUT/compare.png`` (reward,
 rollout-trainer mismatch, IS effective sample size and gradient norm against the step, mean over
 seeds with their range) and ``OUT/summary.json``. Two seeds of 16 steps take about 4 minutes on 2 cores.
@@ -31,7 +31,8 @@ TASK = ["--actor.model_name_or_path", "Qwen/Qwen2.5-0.5B", "--actor.num_gpus_per
         "--ref.num_gpus_per_node", "1", "--vllm.num_engines", "1", "--algo.advantage.estimator", "group_norm",
         "--rollout.n_samples_per_prompt", "4", "--algo.kl.init_coef", "0", "--actor.adam.lr", "2e-3",
         "--smoke_mismatch", "weights", "--smoke_mismatch_scale", "0.3"]
-PANELS = (("reward", "reward"), ("mismatch/k3", "mismatch k3 (rollout vs trainer)"), ("is/ess", "IS effective sample size (corrections only)"),
+PANELS = (("reward", "reward"), ("mismatch/k3", "mismatch k3 (rollout vs trainer)"),
+          ("is/ess", "IS effective sample size (corrections only)"),
           ("actor_grad_norm", "actor gradient norm"))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

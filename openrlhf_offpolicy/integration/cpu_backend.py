@@ -26,6 +26,8 @@ import functools
 import os
 import types
 
+from .gloo_group import GlooBroadcastGroup
+
 # Environment every Ray worker of a CPU run gets (ray_init adds it to the job's runtime env).
 WORKER_ENV = {
     "DS_ACCELERATOR": "cpu",  # DeepSpeed's CPU accelerator: gloo collectives, no CUDA
@@ -99,52 +101,6 @@ def cpu_replay_buffer(original, settings):
 
 
 # --------------------------------------------------------------------------- weight sync over gloo
-class GlooBroadcastGroup:
-    """The trainer-to-engines weight group on gloo, with PyNccl's ``broadcast(tensor, src, stream)``.
-
-    Upstream's rank 0 and every engine each create one (``stateless_init_process_group``) from the
-    same address, port and world size; ranks meet in a ``TCPStore`` hosted by rank 0.
-    """
-
-    def __init__(self, master_address: str, master_port: int, rank: int, world_size: int):
-        import datetime
-
-        import torch.distributed as dist
-
-        store = dist.TCPStore(master_address, int(master_port), world_size, is_master=rank == 0,
-                              timeout=datetime.timedelta(seconds=120))
-        self.rank, self.world_size = rank, world_size
-        self.store = store
-        self.group = dist.ProcessGroupGloo(dist.PrefixStore("openrlhf_offpolicy_weights", store), rank, world_size)
-
-    def close(self) -> None:
-        """Leave together: a barrier, then the group before the store it meets in.
-
-        Left to interpreter exit, the destruction order is arbitrary, and a store host that goes
-        while a peer's gloo pair is still open ends in ``terminate called`` (SIGABRT). Ray kills
-        upstream's actors without running this; tests and scripts that own a group call it.
-        """
-        if self.group is None:
-            return
-        self.group.barrier().wait()
-        self.group = None
-        self.store = None
-
-    def broadcast(self, tensor, src: int = 0, stream=None):
-        import torch
-        import torch.distributed as dist
-
-        # gloo has no bf16 (nor int16): every tensor travels as its bytes, through a contiguous view.
-        view = tensor.data if tensor.is_contiguous() else tensor.data.contiguous()
-        wire = view.reshape(-1).view(torch.uint8)
-        opts = dist.BroadcastOptions()
-        opts.rootRank = src
-        self.group.broadcast([wire], opts).wait()
-        if view is not tensor.data:
-            tensor.data.copy_(view)
-        return tensor
-
-
 def gloo_weight_sync_group(original, settings):
     """``stateless_init_process_group`` (upstream: PyNccl) as a gloo group on the CPU backend."""
 
@@ -182,71 +138,11 @@ def standin_engine_init(original, settings):
 
 async def rollout_actor_init(self, *args, **kwargs):
     """Upstream's ``RolloutRayActor.__init__`` with its ``vllm`` pointing at the stand-in engine."""
-    from .patch_table import upstream_actor_method
+    from .ray_classes import upstream_actor_method
 
     upstream = upstream_actor_method(self, "__init__")
     upstream.__globals__["vllm"] = standin_vllm_module(upstream.__globals__["vllm"])
     await upstream(self, *args, **kwargs)
-
-
-# --------------------------------------------------------------------------- flash-attn placeholder
-# What upstream imports from flash-attn at module level. Anything else (e.g. the Triton cross-entropy
-# that ``log_probs_from_logits`` tries first) stays an ImportError, so upstream takes its fallback.
-FLASH_ATTN_NAMES = {
-    "flash_attn": (),
-    "flash_attn.utils": (),
-    "flash_attn.bert_padding": ("index_first_axis", "pad_input", "rearrange", "unpad_input"),
-    "flash_attn.utils.distributed": ("all_gather",),
-}
-
-
-class _Placeholder:
-    """Stands for a missing ``flash_attn`` function: importing works, calling says what is missing."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __call__(self, *args, **kwargs):
-        raise RuntimeError(f"{self.name} needs flash-attn, which is not installed: the CPU backend runs without "
-                           "--ds.packing_samples and ring attention")
-
-
-class _FlashAttnPlaceholders:
-    """A meta-path finder: ``import flash_attn...`` gives placeholder modules when flash-attn is absent.
-
-    Upstream's ``openrlhf.models`` imports ``flash_attn.bert_padding`` at import time but computes
-    with it only for packed samples, which the CPU backend turns off.
-    """
-
-    def find_spec(self, name, path=None, target=None):
-        import importlib.machinery
-
-        if name not in FLASH_ATTN_NAMES:
-            return None
-        return importlib.machinery.ModuleSpec(name, self, is_package=True)
-
-    def create_module(self, spec):
-        module = types.ModuleType(spec.name)
-        module.__path__ = []
-        for attr in FLASH_ATTN_NAMES.get(spec.name, ()):
-            setattr(module, attr, _Placeholder(f"{spec.name}.{attr}"))
-        return module
-
-    def exec_module(self, module):
-        return None
-
-
-def install_flash_attn_placeholder() -> bool:
-    """Install the placeholder finder when flash-attn is not installed; True if installed."""
-    import importlib.util
-    import sys
-
-    if any(isinstance(f, _FlashAttnPlaceholders) for f in sys.meta_path):
-        return True
-    if importlib.util.find_spec("flash_attn") is not None:
-        return False
-    sys.meta_path.append(_FlashAttnPlaceholders())
-    return True
 
 
 def in_cpu_run() -> bool:

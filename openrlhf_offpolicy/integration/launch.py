@@ -28,12 +28,13 @@ import os
 import runpy
 import secrets
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
-from typing import Iterable, List, Optional, Set, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 from . import patches, upstream_source
 from .sampling import with_rollout_sampling
+from .run_state import RunState, active, set_active
 from .settings import ENV_VAR, OffPolicySettings
 from .upstream_args import vllm_enabled
 from .versions import check_versions
@@ -51,27 +52,6 @@ class _StopBeforeRay(Exception):
 
 class UpstreamCheckFailed(ValueError):
     """One of upstream's own argument assertions failed (before Ray started)."""
-
-
-@dataclass
-class RunState:
-    """What ``run`` knows while upstream's ``__main__`` executes."""
-
-    settings: OffPolicySettings
-    dry_run: bool
-    explicit_flags: Set[str] = field(default_factory=set)
-    args: object = None
-    config: object = None
-    final: Optional[OffPolicySettings] = None
-    started: bool = False
-
-
-_RUN: Optional[RunState] = None
-
-
-def active() -> Optional[RunState]:
-    """The run in progress in this process (None outside ``run``)."""
-    return _RUN
 
 
 @contextlib.contextmanager
@@ -283,14 +263,13 @@ def run(
     Ray, so nothing GPU-only (vLLM, DeepSpeed, flash-attn) is imported. A real run undoes every
     patch when it returns.
     """
-    global _RUN
     check_versions()
     if dry_run:
         return _dry_run(upstream_argv, settings, explicit_flags, prog)
     if not settings.cpu_backend:
         require_gpu_stack()
     state = RunState(settings=settings, dry_run=dry_run, explicit_flags=set(explicit_flags))
-    _RUN = state
+    set_active(state)
     try:
         patches.install(settings)  # upstream's CLI module binds create_vllm_engines when it is imported
         with swapped(sys, "argv", [prog, *upstream_argv]):
@@ -302,7 +281,7 @@ def run(
             raise UpstreamCheckFailed(f"upstream train_ppo_ray rejected the arguments: {e}") from e
         raise
     finally:
-        _RUN = None
+        set_active(None)
         patches.undo()
     return state.args, state.config, state.final
 

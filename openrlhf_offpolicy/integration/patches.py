@@ -66,7 +66,7 @@ def install(settings: OffPolicySettings) -> None:
         undo()
     _installed = settings
     if settings.cpu_backend:
-        from .cpu_backend import install_flash_attn_placeholder
+        from .flash_attn_placeholder import install_flash_attn_placeholder
 
         install_flash_attn_placeholder()
     by_module: Dict[str, List[Patch]] = {}

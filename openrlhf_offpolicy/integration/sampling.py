@@ -19,10 +19,12 @@ first token of each sequence (see docs/design.md).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from .settings import OffPolicySettings
 from .upstream_args import vllm_enabled
+
+if TYPE_CHECKING:  # settings.resolve calls check_sampling
+    from .settings import OffPolicySettings
 
 
 def truncation_of(top_k, top_p, min_p) -> str:

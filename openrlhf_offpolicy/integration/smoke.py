@@ -267,8 +267,8 @@ def prepare(upstream_argv: Sequence[str], steps: int, workdir: str) -> SmokeRun:
     else:
         dataset = os.path.join(workdir, "prompts.jsonl")
         build_dataset(dataset, input_key, label_key, prompts * steps * ratio + 8, seed)
-        notes.append("data: synthetic prompts 'Repeat the letter x: '" + (f" (not on disk: {flat['data.prompt_dataset']})"
-                                                                           if flat.get("data.prompt_dataset") else ""))
+        missing = f" (not on disk: {flat['data.prompt_dataset']})" if flat.get("data.prompt_dataset") else ""
+        notes.append("data: synthetic prompts 'Repeat the letter x: '" + missing)
         argv = set_flag(argv, "--data.label_key", label_key)
     argv = set_flag(argv, "--data.prompt_dataset", dataset)
     argv = set_flag(argv, "--data.input_key", input_key)

@@ -139,7 +139,7 @@ class StandInEngine:
 
     def _rpc_init_process_group(self, master_address, master_port, rank_offset, world_size, group_name,
                                 backend="gloo", use_ray=False):
-        from .cpu_backend import GlooBroadcastGroup
+        from .gloo_group import GlooBroadcastGroup
 
         if use_ray:
             raise NotImplementedError("--vllm.sync_with_ray is not supported by the CPU stand-in engine")

@@ -42,7 +42,7 @@ from openrlhf.trainer.ppo_utils.experience import Experience, tensor_field
 
 from ..corrections.topk import LOG_PROB_FLOOR
 from .loss import PENDING, PendingTopK
-from .wrappers import LOGITS_TOPK_IDS
+from .contexts import LOGITS_TOPK_IDS
 
 EMPTY_ID = -1
 

@@ -19,8 +19,9 @@ import torch
 from ..corrections.metrics import StepMetrics
 from ..models.logprobs import Truncation, log_probs_with_topk
 from . import patches
-from .patch_table import upstream_actor_method
+from .ray_classes import upstream_actor_method
 from .loss import PENDING, OpenRLHFPolicyLoss, PendingTopK, policy_loss_class
+from .contexts import LOGITS_TOPK_IDS, POLICY_TRUNCATION
 from .settings import OffPolicySettings
 
 
@@ -163,10 +164,6 @@ def multi_turn_execute(original, settings: OffPolicySettings):
 
 
 # --------------------------------------------------------------------------- the trainer's log-prob kernel
-# The truncation to apply to the policy's logits (None: none), set around the policy's forwards.
-POLICY_TRUNCATION: contextvars.ContextVar = contextvars.ContextVar("openrlhf_offpolicy_truncation", default=None)
-# The top-K ids to gather in the same pass, set by the top-K Actor.forward wrapper.
-LOGITS_TOPK_IDS: contextvars.ContextVar = contextvars.ContextVar("openrlhf_offpolicy_logits_topk", default=None)
 
 
 def rollout_truncation(settings: Optional[OffPolicySettings]) -> Optional[Truncation]:
@@ -205,7 +202,7 @@ def policy_forward(original, settings: OffPolicySettings):
     """PolicyModelActor.forward (old log-probs): the rollout truncation applies to the policy only.
 
     ``PolicyModelActor`` is a ``@ray.remote`` class: the replacement is the module-level
-    ``policy_actor_forward`` (see ``patch_table.upstream_actor_method``)."""
+    ``policy_actor_forward`` (see ``ray_classes.upstream_actor_method``)."""
     return policy_actor_forward
 
 

@@ -64,7 +64,8 @@ def test_quickstart_command_line_with_the_trm_preset_runs_and_prints_the_summary
 
 
 def test_qwen3_moe_r3_replays_the_engines_routing(smoke):
-    """All-MoE Qwen3: the engines' routed experts replayed in the old-log-prob and training forwards."""
+    """All-MoE Qwen3: the engines' routed experts replayed in the old-log-prob and training forwards
+    (token-level masking correction, icepop)."""
     run = smoke("--routing_replay", "r3", "--config", "configs/icepop.yaml", model=MOE).ok()
     finite(run.steps, ["policy_loss", "routing/flip_rate"])
 
@@ -72,15 +73,20 @@ def test_qwen3_moe_r3_replays_the_engines_routing(smoke):
 def test_deepseek_v3_with_a_dense_first_layer_r3_maps_rows_by_decoder_layer(smoke):
     """DeepSeek-V3 style (first_k_dense_replace=1): vLLM's rows are indexed by decoder layer, dense
     rows included; before the fix the first old-log-prob forward raised RoutingReplayError."""
-    run = smoke("--routing_replay", "r3", "--policy_loss_type", "gmpo", model=DSV3).ok()
+    run = smoke("--routing_replay", "r3", "--policy_loss_type", "gmpo", "--enable_vllm_is_correction",
+                "--vllm_is_correction_type", "seq-tis", model=DSV3).ok()
     finite(run.steps, ["policy_loss", "routing/flip_rate"])
 
 
-def test_r2_records_routing_in_the_old_forward_on_both_moe_models(smoke, tmp_path):
-    for model in (MOE, DSV3):
-        run = smoke("--routing_replay", "r2", "--config", "configs/kl_cov.yaml", model=model,
-                    workdir=tmp_path / model.replace("/", "_")).ok()
-        finite(run.steps, ["policy_loss"])
+@pytest.mark.parametrize("model,flags", [
+    (MOE, ["--config", "configs/kl_cov.yaml", "--enable_vllm_is_correction", "--vllm_is_correction_type",
+           "segment-tis"]),
+    (DSV3, ["--config", "configs/vespo.yaml", "--enable_vllm_is_correction", "--vllm_is_correction_type",
+            "reinforce_pro"]),
+], ids=["qwen3_moe-kl_cov-segment_tis", "deepseek_v3-vespo-reinforce_pro"])
+def test_r2_records_routing_in_the_old_forward_on_both_moe_models(smoke, model, flags):
+    run = smoke("--routing_replay", "r2", *flags, model=model).ok()
+    finite(run.steps, ["policy_loss", "is/weight_mean"])
 
 
 def readme_panel_metrics():
@@ -109,18 +115,22 @@ def test_async_max_staleness_keeps_two_ranks_in_lockstep_and_logs_every_readme_m
     assert wanted <= logged, f"the README lists metrics the run did not log: {sorted(wanted - logged)}"
 
 
-def test_bypass_with_trm_on_the_current_policy_reinforce_max_and_fp16_engines(smoke):
+def test_bypass_with_trm_on_the_current_policy_topr_reinforce_max_and_fp16(smoke):
     """--bypass_old_logprobs (pi_old := pi_roll, no old-log-prob forward) with TRM gating pi_roll
-    against pi_theta, reinforce_max advantages and float16 engines (weights cast on the broadcast)."""
-    run = smoke("--bypass_old_logprobs", "--config", "configs/trm.yaml", "--trm_reference", "current",
-                "--vllm_dtype", "float16", base=_base_without_estimator() + ["--algo.advantage.estimator",
-                                                                              "reinforce_max"]).ok()
+    against pi_theta, the TOPR loss, reinforce_max advantages, and fp16 trainer and engines
+    (--vllm_dtype float16 needs the trainer's --ds.param_dtype fp16: the broadcast does not cast)."""
+    run = smoke("--bypass_old_logprobs", "--enable_vllm_is_correction", "--vllm_is_correction_type", "trm",
+                "--trm_reference", "current", "--policy_loss_type", "topr", "--vllm_dtype", "float16",
+                "--ds.param_dtype", "fp16",
+                base=_base_without_estimator() + ["--algo.advantage.estimator", "reinforce_max"]).ok()
     finite(run.steps, ["policy_loss", "trm/accept_rate"])
 
 
-def test_topk_divergence_with_rejection_and_sapo(smoke):
-    run = smoke("--vllm_logprobs_topk", "4", "--config", "configs/trm_topk.yaml").ok()
-    finite(run.steps, ["policy_loss"])
+def test_topk_kl_trust_region_with_sapo_gets_the_engines_top_k_log_probs(smoke):
+    run = smoke("--vllm_logprobs_topk", "4", "--policy_loss_type", "sapo", "--enable_vllm_is_correction",
+                "--vllm_is_correction_type", "trm", "--trm_divergence", "topk_kl", "--trm_reference", "current",
+                "--trm_max_delta", "0.05").ok()
+    finite(run.steps, ["policy_loss", "trm/accept_rate"])
 
 
 def test_users_setup_hook_runs_after_ours_in_every_worker(smoke, tmp_path):
@@ -128,7 +138,7 @@ def test_users_setup_hook_runs_after_ours_in_every_worker(smoke, tmp_path):
     marks.mkdir()
     job = {"runtime_env": {"worker_process_setup_hook": "user_hook.setup"}}
     here = os.path.dirname(os.path.abspath(__file__))
-    run = smoke("--config", "configs/gspo.yaml", env={
+    run = smoke("--config", "configs/luspo.yaml", env={
         "E2E_USER_HOOK_DIR": str(marks), "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job),
         "PYTHONPATH": here}).ok()
     ran = list(marks.iterdir())

@@ -62,7 +62,8 @@ _FLASH = textwrap.dedent("""
     import importlib.util, sys
     if importlib.util.find_spec("flash_attn") is not None:
         print("SKIP flash_attn is installed"); sys.exit(0)
-    from openrlhf_offpolicy.integration.cpu_backend import install_flash_attn_placeholder, _FlashAttnPlaceholders
+    from openrlhf_offpolicy.integration.flash_attn_placeholder import (_FlashAttnPlaceholders,
+                                                                       install_flash_attn_placeholder)
     assert install_flash_attn_placeholder() is True
     assert install_flash_attn_placeholder() is True
     assert sum(isinstance(f, _FlashAttnPlaceholders) for f in sys.meta_path) == 1

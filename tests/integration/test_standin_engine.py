@@ -18,9 +18,9 @@ import torch
 from openrlhf_offpolicy.integration import standin_engine
 
 vllm = pytest.importorskip("vllm")
-from vllm import SamplingParams
-from vllm.logprobs import FlatLogprobs
-from vllm.outputs import CompletionOutput, RequestOutput
+from vllm import SamplingParams  # noqa: E402
+from vllm.logprobs import FlatLogprobs  # noqa: E402
+from vllm.outputs import CompletionOutput, RequestOutput  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VOCAB = 64
