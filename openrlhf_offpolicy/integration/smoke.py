@@ -275,13 +275,18 @@ def prepare(upstream_argv: Sequence[str], steps: int, workdir: str) -> SmokeRun:
     for flag in ("--eval.dataset", "--data.prompt_probs", "--data.prompt_split"):
         argv = drop_flag(argv, flag)
     reward = flat.get("reward.remote_url")
-    if not (reward and reward.endswith(".py") and os.path.isfile(reward)):
+    agent = flat.get("train.agent_func_path")
+    if agent:  # upstream's agent executor: the agent's step gives the rewards
+        argv = set_flag(argv, "--train.agent_func_path", os.path.abspath(agent))  # the engine's cwd may differ
+        notes.append(f"reward: the agent's ({agent})")
+    elif not (reward and reward.endswith(".py") and os.path.isfile(reward)):
         reward = os.path.join(workdir, "reward.py")
         with open(reward, "w") as f:
             f.write(BUILTIN_REWARD)
         notes.append("reward: built-in (closeness of the response characters to the label letter)")
         argv = drop_flag(argv, "--reward.model_name_or_path")
-    argv = set_flag(argv, "--reward.remote_url", reward)
+    if not agent:
+        argv = set_flag(argv, "--reward.remote_url", reward)
 
     # sizes: a few prompts, short responses, <= 2 ranks and engines, N steps of one episode
     dp = max(1, min(flat.get("actor.num_gpus_per_node") or 1, 2))

@@ -164,8 +164,6 @@ def multi_turn_execute(original, settings: OffPolicySettings):
 
 
 # --------------------------------------------------------------------------- the trainer's log-prob kernel
-
-
 def rollout_truncation(settings: Optional[OffPolicySettings]) -> Optional[Truncation]:
     if settings is None or not settings.match_rollout_sampling:
         return None

@@ -115,6 +115,23 @@ def test_async_max_staleness_keeps_two_ranks_in_lockstep_and_logs_every_readme_m
     assert wanted <= logged, f"the README lists metrics the run did not log: {sorted(wanted - logged)}"
 
 
+def test_a3po_async_on_two_ranks_takes_alpha_from_the_policy_versions(smoke):
+    """A-3PO in bypass (no old-log-prob forward), async, alpha per sample from the recorded policy
+    versions: (v_prox - v_behave) / (v_theta - v_behave), in [0, 1]."""
+    run = smoke("--train.async_enable", "--config", "configs/a3po.yaml", "--a3po_alpha", "versions", steps=3).ok()
+    finite(run.steps, ["policy_loss", "a3po/alpha", "a3po/behave_masked_frac", "staleness/mean"])
+    assert all(0.0 <= row["a3po/alpha"] <= 1.0 for row in run.steps)
+
+
+def test_a_two_turn_agent_with_segment_tis_logs_the_mismatch_of_each_turn(smoke):
+    """Upstream's MultiTurnAgentExecutor (examples/agents/two_turn_retry.py): two action segments per
+    episode, each weighted by its own geometric-mean ratio; the mismatch is split by turn."""
+    run = smoke("--train.agent_func_path", "examples/agents/two_turn_retry.py", "--enable_vllm_is_correction",
+                "--vllm_is_correction_type", "segment-tis").ok()
+    assert "reward: the agent's" in run.stdout
+    finite(run.steps, ["policy_loss", "is/weight_mean", "mismatch/k3_turn1", "mismatch/k3_turn2"])
+
+
 def test_bypass_with_trm_on_the_current_policy_topr_reinforce_max_and_fp16(smoke):
     """--bypass_old_logprobs (pi_old := pi_roll, no old-log-prob forward) with TRM gating pi_roll
     against pi_theta, the TOPR loss, reinforce_max advantages, and fp16 trainer and engines
