@@ -146,3 +146,33 @@ def micro_step_metrics(trainer, status) -> dict:
     reduced = {k: float(v.float().mean()) for k, v in status["metrics"].items() if k.startswith(HIDDEN_PREFIX)}
     metrics = step_metrics(trainer)
     return metrics.finalize(reduced, metrics.local_maxima())
+
+
+HEAVY_MODULES = ("torch", "ray", "vllm", "deepspeed", "transformers", "openrlhf")
+_CLI_PROBE = (
+    "import json, os, sys\n"
+    "from openrlhf_offpolicy.cli.train_ppo_ray import main\n"
+    "status = main(sys.argv[1:])\n"
+    "heavy = sorted({m.split('.')[0] for m in sys.modules} & set(json.loads(os.environ['PROBE_HEAVY'])))\n"
+    "open(os.environ['PROBE_OUT'], 'w').write(json.dumps(heavy))\n"
+    "sys.exit(status)\n"
+)
+
+
+def cli_process(argv, tmp_path, cwd, timeout=120):
+    """``train_ppo_ray`` in a fresh process: (completed process, the heavy modules it had imported at exit).
+
+    What the process imports is the deterministic form of "refused before anything heavy starts":
+    a wall-clock bound would fail on a loaded machine without a bug.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = os.path.join(str(tmp_path), "heavy.json")
+    env = {**os.environ, "PROBE_OUT": out, "PROBE_HEAVY": json.dumps(HEAVY_MODULES)}
+    result = subprocess.run([sys.executable, "-c", _CLI_PROBE, *argv], cwd=cwd, capture_output=True, text=True,
+                            timeout=timeout, env=env)
+    with open(out) as f:
+        return result, json.load(f)

@@ -63,3 +63,21 @@ def test_the_import_linter_contracts_hold():
     out = subprocess.run([lint_imports, "--no-cache"], capture_output=True, text=True, cwd=REPO, timeout=300,
                          env={**os.environ, "PYTHONPATH": REPO})
     assert out.returncode == 0, out.stdout[-4000:]
+
+
+def test_a_planted_upward_import_breaks_the_contracts(tmp_path):
+    """The check can fail: a copy of the package whose corrections import the CLI (an upward import
+    and, with the CLI importing corrections, a cycle) is refused."""
+    import shutil
+
+    shutil.copytree(os.path.join(REPO, "openrlhf_offpolicy"), tmp_path / "openrlhf_offpolicy",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(REPO, "pyproject.toml"), tmp_path / "pyproject.toml")
+    with open(tmp_path / "openrlhf_offpolicy" / "corrections" / "planted.py", "w") as f:
+        f.write("from ..cli import train_ppo_ray  # noqa: F401\n")
+    lint_imports = os.path.join(os.path.dirname(sys.executable), "lint-imports")
+    out = subprocess.run([lint_imports, "--no-cache"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode != 0
+    assert "openrlhf_offpolicy.corrections is not allowed to import openrlhf_offpolicy.cli" in out.stdout
+    assert "No import cycles between sibling modules BROKEN" in out.stdout.replace("\n", " ")

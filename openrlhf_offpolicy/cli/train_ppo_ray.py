@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "current log-probs, so rollout log-probs measure the engine mismatch only (trains the "
                         "truncated policy); without it a truncated rollout with a consumer of rollout log-probs "
                         "is refused")
-    # issue 11: async off-policy training
+    # async off-policy training
     parser.add_argument("--max_staleness", type=int, default=None, metavar="N",
                         help="drop samples generated from weights more than N policy updates older than the "
                         "trainer's (logged: staleness/dropped_frac)")

@@ -179,15 +179,6 @@ def as_statistic(value, token_mask: torch.Tensor) -> Statistic:
     raise ValueError(f"a metric must be a Statistic, a 0-d or a 1-d tensor; got shape {tuple(value.shape)}")
 
 
-def reduce_statistics(per_batch: Iterable[Mapping[str, Statistic]]) -> Dict[str, Statistic]:
-    """Combine the statistics of several micro-batches (and ranks), metric by metric."""
-    grouped: Dict[str, list] = {}
-    for stats in per_batch:
-        for name, stat in stats.items():
-            grouped.setdefault(name, []).append(stat)
-    return {name: type(items[0]).combine(items) for name, items in grouped.items()}
-
-
 # --------------------------------------------------------------------------- one training step
 def hidden_key(metric: str, field: str) -> str:
     return f"{HIDDEN_PREFIX}:{metric}:{field}"

@@ -112,5 +112,3 @@ def make_compute_advantages(original, settings):
     return compute_advantages_and_returns
 
 
-def uses_reinforce_max(settings) -> bool:
-    return getattr(settings, "advantage_estimator", None) == REINFORCE_MAX

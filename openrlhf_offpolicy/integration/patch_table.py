@@ -177,7 +177,7 @@ PATCHES: List[Patch] = [
 ]
 
 
-# --- issue 11: policy versions and staleness, bypass mode, engine dtype --------------------------
+# --- async training: policy versions and staleness, bypass mode, engine dtype --------------------------
 # (factories import their module lazily: this table stays importable without Ray or OpenRLHF)
 def _versions(name):
     def make(original, settings):

@@ -77,9 +77,6 @@ def install(settings: OffPolicySettings) -> None:
         imports.when_imported(module_name, _applier(entries, settings))
 
 
-apply = install
-
-
 def _applier(entries: List[Patch], settings: OffPolicySettings):
     def on_import(module) -> None:
         for patch in entries:

@@ -63,7 +63,7 @@ class OffPolicySettings:
     rollout_top_p: float = 1.0
     rollout_min_p: float = 0.0
     routing_replay: str = "off"
-    max_staleness: Optional[int] = None  # issue 11: async off-policy
+    max_staleness: Optional[int] = None  # async off-policy training
     bypass_old_logprobs: bool = False
     vllm_dtype: str = "auto"
     engine_dtype: Optional[str] = None

@@ -29,10 +29,10 @@ PEEKED_FLAGS: Dict[str, Dict[str, Any]] = {
     "--train.agent_func_path": dict(type=str, default=None),
     "--ds.ring_attn_size": dict(type=int, default=1),
     "--rollout.top_p": dict(type=float, default=1.0),
-    "--ds.param_dtype": dict(type=str, default="bf16"),  # issue 11: --vllm_dtype auto follows it
+    "--ds.param_dtype": dict(type=str, default="bf16"),  # --vllm_dtype auto follows it
     "--logger.wandb.group": dict(type=str, default=None),
     "--logger.wandb.run_name": dict(type=str, default=None),
-    # issue 12: reinforce_max checks
+    # reinforce_max checks
     "--rollout.n_samples_per_prompt": dict(type=int, default=1),
     "--algo.kl.init_coef": dict(type=float, default=0.01),
     "--algo.kl.use_loss": dict(action="store_true", default=False),

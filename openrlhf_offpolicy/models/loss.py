@@ -37,11 +37,8 @@ from ..corrections.metrics import Mean, Statistic, as_statistic, masked_total, t
 
 
 TOPK_ARGUMENTS = ("rollout_topk_ids", "rollout_topk_log_probs", "topk_log_probs", "action_ids")
-# Upstream 0.11.2's constructor order, so positional calls keep working.
 # Upstream's own outputs (training_step logs them under these names), kept out of ``metrics``.
 UPSTREAM_OUTPUTS = ("ppo_clip_ratio", "ppo_kl", "vllm_kl", "is_filter_ratio")
-UPSTREAM_POSITIONAL = ("clip_eps_low", "clip_eps_high", "dual_clip", "token_level_loss", "policy_loss_type",
-                       "is_correction_level", "is_correction_mode", "is_correction_gating", "is_correction_threshold")
 
 # What each non-method argument means (method parameters carry their own help in the registry).
 ARGUMENT_HELP = {

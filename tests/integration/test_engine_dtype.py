@@ -53,7 +53,7 @@ def test_engines_are_created_with_the_resolved_dtype(monkeypatch, topk):
 
     recorder = Recorder()
     monkeypatch.setattr(vllm_engine.RolloutRayActor, "options", recorder)
-    patches.apply(OffPolicySettings(engine_dtype="float16", logprobs_topk=topk))
+    patches.install(OffPolicySettings(engine_dtype="float16", logprobs_topk=topk))
     try:
         # what create_vllm_engines does for each engine (upstream's actor_kwargs, abridged)
         vllm_engine.RolloutRayActor.options(num_cpus=1, num_gpus=1).remote(model="m", dtype="bfloat16",
@@ -69,7 +69,7 @@ def test_without_a_resolved_dtype_upstream_is_untouched(monkeypatch):
 
     recorder = Recorder()
     monkeypatch.setattr(vllm_engine.RolloutRayActor, "options", recorder)
-    patches.apply(OffPolicySettings())
+    patches.install(OffPolicySettings())
     try:
         assert vllm_engine.RolloutRayActor.options is recorder
     finally:

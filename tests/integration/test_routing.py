@@ -45,7 +45,7 @@ def tiny_moe_dir(tmp_path_factory):
 
 
 def routing_patched(mode):
-    patches.apply(OffPolicySettings(loss_kwargs={}, routing_replay=mode))
+    patches.install(OffPolicySettings(loss_kwargs={}, routing_replay=mode))
 
 
 @pytest.fixture
@@ -323,7 +323,7 @@ def test_real_training_step_replays_r3_routing_on_a_tiny_moe_actor_and_logs_exac
     _, settings, upstream_argv = parse(cli)
     args, _, settings = run(upstream_argv, settings, dry_run=True, explicit_flags=given_flags(upstream_argv))
     assert settings.routing_replay == "r3"
-    patches.apply(settings)
+    patches.install(settings)
     try:
         model = moe_actor(tiny_moe_dir)
         optim = torch.optim.AdamW(model.parameters(), lr=1e-3)

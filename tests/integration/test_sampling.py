@@ -209,7 +209,7 @@ def test_upstreams_kl_to_the_reference_is_zero_not_nan_on_a_token_outside_the_tr
 
     log_probs = torch.tensor([[-1.0, float("-inf"), -2.0]])
     base = torch.tensor([[-1.5, -3.0, -2.0]])
-    patches.apply(OffPolicySettings(loss_kwargs={}, match_rollout_sampling=True, rollout_top_p=0.9))
+    patches.install(OffPolicySettings(loss_kwargs={}, match_rollout_sampling=True, rollout_top_p=0.9))
     try:
         for module in (experience_maker, ppo_actor):
             kl = module.compute_approx_kl(log_probs, base, kl_estimator=estimator)
