@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..corrections import CORRECTIONS, DIVERGENCES, POLICY_LOSSES, OffPolicyConfig, method_params
@@ -139,6 +140,11 @@ def check_inputs(ns: argparse.Namespace) -> None:
     if get("smoke_test") is None and not has_reward:
         raise UsageError("no reward: give --reward.remote_url URL_OR_FILE.py (e.g. examples/scripts/reward_math.py), "
                          "--reward.model_name_or_path MODEL or --train.agent_func_path FILE.py")
+    agent = get("train.agent_func_path")
+    if agent and not agent.endswith(".py"):  # upstream asserts it in the engine actor, after Ray started
+        raise UsageError(f"--train.agent_func_path {agent}: an agent is a Python file (FILE.py)")
+    if agent and get("smoke_test") is not None and not os.path.isfile(agent):
+        raise UsageError(f"--train.agent_func_path {agent}: no such file (the smoke test loads the agent here)")
 
 
 def method_owners() -> Dict[str, List[Tuple[str, str]]]:

@@ -22,7 +22,8 @@ class GlooBroadcastGroup:
                               timeout=datetime.timedelta(seconds=120))
         self.rank, self.world_size = rank, world_size
         self.store = store
-        self.group = dist.ProcessGroupGloo(dist.PrefixStore("openrlhf_offpolicy_weights", store), rank, world_size)
+        self.group = dist.ProcessGroupGloo(dist.PrefixStore("openrlhf_offpolicy_weights", store), rank, world_size,
+                                           datetime.timedelta(seconds=120))
 
     def close(self) -> None:
         """Leave together: a barrier, then the group before the store it meets in.

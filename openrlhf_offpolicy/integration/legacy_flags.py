@@ -227,3 +227,8 @@ def translate(tokens: Sequence[str], known: Iterable[str], note: Callable[[str],
         note(f"OpenRLHF 0.9.x flag {name} is {' and '.join(targets)} in 0.11.2 (translated)")
         i += 1 + n
     return out
+
+
+if __name__ == "__main__":
+    raise SystemExit("regenerate the table with: python -m openrlhf_offpolicy.cli.legacy_flags_table "
+                     "PATH/TO/0.9.10/openrlhf/cli/train_ppo_ray.py")

@@ -70,8 +70,9 @@ def guess_family(name: str) -> Tuple[str, str]:
     """(model_type, how it was chosen) for a hub model name."""
     lower = name.lower()
     moe = any(tag in lower for tag in ("moe", "-a3b", "-a22b", "-a2.7b", "a30b", "a235b"))
-    if "distill" in lower:  # DeepSeek-R1-Distill-Qwen/-Llama are dense models of the base they name
-        lower = lower.split("distill", 1)[1]
+    tail = lower.split("distill", 1)[1] if "distill" in lower else ""
+    if any(family in tail for family in ("qwen", "llama", "mixtral", "deepseek")):
+        lower = tail  # DeepSeek-R1-Distill-Qwen/-Llama: dense models of the base named after "Distill"
     if "deepseek" in lower and ("v3" in lower or "r1" in lower or "v3.2" in lower):
         return "deepseek_v3", "DeepSeek-V3 family"
     if "mixtral" in lower:

@@ -207,6 +207,8 @@ def test_a_missing_reward_is_one_line(capsys):
 
 BAD_INPUT = [
     (["--policy_loss_type", "grpo"], "invalid choice: 'grpo'"),
+    (["--train.agent_func_path", "agent.sh"], "an agent is a Python file"),
+    (["--train.agent_func_path", "no/such/agent.py", "--smoke_test", "1"], "no such file"),
     (["--enable_vllm_is_correction", "--vllm_is_correction_type", "mis"], "invalid choice: 'mis'"),
     (["--vllm_is_correction_type", "icepop"], "has no effect without --enable_vllm_is_correction"),
     (["--policy_loss_type", "sapo", "--actor.policy_loss_type", "gspo"], "contradicts --actor.policy_loss_type"),

@@ -72,14 +72,15 @@ def test_every_entry_names_an_existing_symbol_and_no_replacement_is_listed_twice
     OffPolicySettings(routing_replay="r2"),
 ], ids=["topk-truncation-reinforce_max", "routing-r3", "routing-r2"])
 def test_undo_restores_every_symbol_including_the_launcher_hooks(monkeypatch, settings):
-    from openrlhf_offpolicy.integration import launch
+    from openrlhf_offpolicy.integration import run_state
 
-    monkeypatch.setattr(launch, "active", lambda: object())  # as while launch.run executes
+    monkeypatch.setattr(run_state, "_RUN", object())  # as while launch.run executes
     modules = sorted({p.module for p in PATCHES})
     for name in modules:
         importlib.import_module(name)
     before = {p.symbol: upstream_symbol(p) for p in PATCHES}
     active = {p.symbol for p in PATCHES if p.when(settings)}
+    assert {"ray.init", "ray.is_initialized", "openrlhf.utils.config.hierarchize"} <= active  # the launcher hooks
     patches.install(settings)
     try:
         assert sorted(set(patches.applied())) == sorted(active)

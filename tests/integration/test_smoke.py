@@ -97,6 +97,11 @@ def test_deepseek_r1_distill_models_are_guessed_the_dense_base_they_name():
     assert smoke.guess_family("deepseek-ai/DeepSeek-R1")[0] == "deepseek_v3"
 
 
+def test_a_distill_suffix_naming_no_family_keeps_the_family_named_before_it():
+    assert smoke.guess_family("someone/Qwen3-30B-A3B-Distill")[0] == "qwen3_moe"
+    assert smoke.guess_family("someone/Llama-3.1-8B-Distill-X")[0] == "llama"
+
+
 def test_tiny_config_shrinks_a_local_qwen3_moe_keeping_its_dense_layers(tmp_path):
     from transformers import AutoModelForCausalLM, Qwen3MoeConfig
 

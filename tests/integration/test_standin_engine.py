@@ -349,7 +349,7 @@ _TRAINER = textwrap.dedent("""
     weight = torch.randn(%s)
     torch.save(weight, sys.argv[2])
     group.broadcast(weight, src=0)
-    del group  # left to interpreter exit, the TCPStore host sometimes aborts ("terminate called")
+    group.close()
 """)
 
 
@@ -373,6 +373,7 @@ def test_weights_broadcast_by_the_trainer_land_in_the_engine(model_dir, monkeypa
     try:
         asyncio.run(engine.collective_rpc("init_process_group", args=("127.0.0.1", port, 1, 2, "g")))
         asyncio.run(engine.collective_rpc("update_weight", args=(name, torch.float32, shape)))
+        engine._weight_group.close()  # both sides leave together (GlooBroadcastGroup.close)
         assert trainer.wait(timeout=60) == 0
     finally:
         if trainer.poll() is None:
