@@ -2,11 +2,13 @@
 
 Three ``train_ppo_ray --smoke_test`` runs of one tiny task (a tiny random Qwen2, synthetic
 "Repeat the letter x" prompts, the built-in reward), with the stand-in engine's weights perturbed
-(``--smoke_mismatch weights --smoke_mismatch_scale 0.3``: the rollout policy is not the trained one),
-differing only in the correction: none, token TIS (Yao et al., 2025) and TRM-Max (Li et al., arXiv 2512.23075). Each run
-writes its TensorBoard log under ``OUT/<method>/``; the comparison is ``OUT/compare.png`` (reward,
-rollout-trainer mismatch, IS effective sample size and gradient norm against the step, mean over
-seeds with their range) and ``OUT/summary.json``. Two seeds of 16 steps take about 4 minutes on 2 cores.
+(``--smoke_mismatch weights --smoke_mismatch_scale 0.5``: the rollout policy is not the trained one;
+mismatch k3 about 0.01, so TRM rejects about a fifth of the sequences and TIS weights reach about 1.3),
+differing only in the correction: none, token TIS (Yao et al., 2025) and TRM-Max (Li et al., arXiv
+2512.23075). Each run writes its TensorBoard log under ``OUT/<method>_seed<seed>/tensorboard``; the
+comparison is ``OUT/compare.png`` (reward, rollout-trainer mismatch, IS effective sample size, TRM
+acceptance, largest IS weight and gradient norm against the step, mean over seeds with their range) and
+``OUT/summary.json``. Two seeds of 16 steps take about 5 minutes on 2 cores.
 
     python -m openrlhf_offpolicy.cli.demo [--out demo_results] [--steps 16] [--seeds 2]
 """
@@ -30,9 +32,10 @@ METHODS: Dict[str, List[str]] = {
 TASK = ["--actor.model_name_or_path", "Qwen/Qwen2.5-0.5B", "--actor.num_gpus_per_node", "1",
         "--ref.num_gpus_per_node", "1", "--vllm.num_engines", "1", "--algo.advantage.estimator", "group_norm",
         "--rollout.n_samples_per_prompt", "4", "--algo.kl.init_coef", "0", "--actor.adam.lr", "2e-3",
-        "--smoke_mismatch", "weights", "--smoke_mismatch_scale", "0.3"]
+        "--smoke_mismatch", "weights", "--smoke_mismatch_scale", "0.5"]
 PANELS = (("reward", "reward"), ("mismatch/k3", "mismatch k3 (rollout vs trainer)"),
           ("is/ess", "IS effective sample size (corrections only)"),
+          ("trm/accept_rate", "TRM: sequences accepted"), ("is/weight_max", "largest IS weight"),
           ("actor_grad_norm", "actor gradient norm"))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -59,7 +62,10 @@ def plot(results: Dict[str, List[Dict]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+    # One colour per method in every panel: a panel where a method logs nothing (is/ess without a
+    # correction) must not shift the colours of the others.
+    colours = {label: f"C{i}" for i, label in enumerate(results)}
     for ax, (metric, title) in zip(axes.flat, PANELS):
         for label, runs in results.items():
             steps = sorted({row["step"] for run in runs for row in run["steps"] if metric in row})
@@ -68,14 +74,15 @@ def plot(results: Dict[str, List[Dict]], path: str) -> None:
             if not steps:
                 continue
             mean = [sum(v) / len(v) for v in values]
-            ax.plot(steps, mean, marker="o", label=label)
+            ax.plot(steps, mean, marker="o", label=label, color=colours[label])
             if len(runs) > 1:
-                ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
+                ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2,
+                                color=colours[label])
         ax.set_title(title)
         ax.set_xlabel("training step")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend()
+        ax.legend(fontsize="small")
     seeds = len(next(iter(results.values())))
     fig.suptitle(f"CPU demo: upstream train_ppo_ray, stand-in engine with perturbed weights ({seeds} seed(s))")
     fig.tight_layout()
