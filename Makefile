@@ -4,7 +4,8 @@
 # make e2e-all  every registered preset as a two-step CPU run (outside make test)
 # make lab    run the CPU lab (estimator bench + mismatch lab) on its defaults -> lab_results/
 # make bench  every benchmark: loss (every preset vs upstream OpenRLHF 0.11.2 TIS; verl 0.9.1, TRL 1.16.0),
-#             top-K and routing transport, routing replay, --match_rollout_sampling memory, bypass
+#             top-K and routing transport, routing replay, --match_rollout_sampling memory, bypass,
+#             a whole training step on the CPU backend (heaviest configurations vs a plain step)
 #             -> bench_results/ (summary.md)
 # make lab-async  staleness sweep + rollout precision comparison (async lab) -> lab_results/async/
 SHELL := /bin/bash

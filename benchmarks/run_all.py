@@ -11,7 +11,10 @@ Benchmarks, in order (each writes ``<name>.md`` / ``.json`` under ``--out``):
   * ``bench_truncation.py``: ``--match_rollout_sampling``'s backward memory and time per truncation;
   * ``bench_truncation_memory.py``: what its truncated log-probs keep for backward (saved bytes)
     and their peak, against the untruncated path;
-  * ``bench_bypass.py``: the experience step with ``--bypass_old_logprobs``.
+  * ``bench_bypass.py``: the experience step with ``--bypass_old_logprobs``;
+  * ``bench_whole_step.py``: a whole training step of upstream's real loop on the CPU backend with the
+    heaviest common configurations (TRM top-K + rejection + every metric; r3 on Qwen3-MoE) against a
+    plain step (about 6 minutes: eight ``--smoke_test`` runs).
 Printed at the end: each benchmark's wall time, exit status and missed targets, their one-line
 summaries, the load average before and after, and the total wall time (also ``summary.md``).
 ``--tiny`` runs each at a toy size (the test suite does, so that a broken benchmark cannot ship).
@@ -56,6 +59,8 @@ BENCHES = [
           ["--tokens", "64", "--vocab", "512", "--rounds", "2"], []),
     Bench("bypass", "bench_bypass.py", "bench_bypass.json",
           ["--batch", "2", "--prompt", "4", "--response", "8", "--micro", "1", "--rounds", "1"], []),
+    Bench("whole step", "bench_whole_step.py", "whole_step.json", ["--steps", "2", "--repeats", "1", "--only", "dense"],
+          []),
 ]
 
 
