@@ -8,7 +8,7 @@ upstream's ``openrlhf.models.Actor.forward`` (what ``PolicyModelActor.forward`` 
 random Qwen2 model (4 layers, hidden 256, vocab 4096) in this process, one call per micro-batch,
 and counts the forward passes and the tokens they process; Ray's ``put``/``get`` are identity functions
 (nothing leaves the process). Baseline: upstream (actor forward for
-pi_old, reference forward for the KL). Bypass: the same with the patch of ``patches.apply``
+pi_old, reference forward for the KL). Bypass: the same with the patch of ``patches.install``
 installed. Rounds alternate baseline and bypass; printed: median wall time of each, the per-round
 ratio bypass/baseline (median [min..max]) and the forward passes counted per experience step.
 
@@ -124,7 +124,7 @@ def main(argv=None):
             maker = RemoteExperienceMaker(actor_group, None, None, reference_group, None,
                                           ns(args=upstream_args), None)
             if mode == "bypass":
-                patches.apply(OffPolicySettings(bypass_old_logprobs=True))
+                patches.install(OffPolicySettings(bypass_old_logprobs=True))
             try:
                 start = time.perf_counter()
                 maker.make_experience(samples_list)

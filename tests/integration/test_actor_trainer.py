@@ -40,7 +40,7 @@ def build_trainer(cli_argv, model_dir, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     ours, settings, upstream_argv = parse(cli_argv)
     args, config, settings = run(upstream_argv, settings, dry_run=True, explicit_flags=given_flags(upstream_argv))
-    patches.apply(settings)
+    patches.install(settings)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     actor = Actor(model_dir, attn_implementation="eager", param_dtype="bf16", temperature=args.rollout.temperature)

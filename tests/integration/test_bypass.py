@@ -74,7 +74,7 @@ def test_bypass_skips_the_actor_forward_and_uses_the_rollout_log_probs(ray_local
     actor_lp = [-torch.rand(2, 5) for _ in samples]
     ref_lp = [-torch.rand(2, 5) for _ in samples]
     actor, reference = Group(actor_lp), Group(ref_lp)
-    patches.apply(OffPolicySettings(bypass_old_logprobs=bypass))
+    patches.install(OffPolicySettings(bypass_old_logprobs=bypass))
     try:
         maker = make_maker(actor, reference)
         out = maker.make_experience(samples)

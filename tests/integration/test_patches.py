@@ -1,4 +1,4 @@
-"""What ``patches.apply`` changes in a process, and how the wrapped upstream functions behave."""
+"""What ``patches.install`` changes in a process, and how the wrapped upstream functions behave."""
 
 import pytest
 
@@ -10,7 +10,7 @@ from openrlhf_offpolicy.models import PolicyLoss
 @pytest.fixture
 def applied():
     def _apply(settings):
-        patches.apply(settings)
+        patches.install(settings)
         return settings
 
     yield _apply

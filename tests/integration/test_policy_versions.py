@@ -56,7 +56,7 @@ def actors(ray_local):
 @pytest.fixture
 def versions(ray_local, actors):
     def apply(**settings):
-        patches.apply(OffPolicySettings(**settings))
+        patches.install(OffPolicySettings(**settings))
         ray_local.get([policy_versions.clock().commit.remote(0), actors.engine.reset.remote()])
 
     yield apply

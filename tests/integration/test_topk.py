@@ -37,7 +37,7 @@ K = 3
 
 @pytest.fixture
 def topk_patched():
-    patches.apply(OffPolicySettings(loss_kwargs={}, policy_loss_type="dppo", logprobs_topk=K))
+    patches.install(OffPolicySettings(loss_kwargs={}, policy_loss_type="dppo", logprobs_topk=K))
     yield
     patches.undo()
 
@@ -343,7 +343,7 @@ def test_from_vllm_shaped_rollout_to_the_dppo_topk_loss_and_its_gradient(topk_pa
                                    "0.05", "--vllm_logprobs_topk", str(K)]
     _, settings, upstream_argv = parse(cli)
     args, config, settings = run(upstream_argv, settings, dry_run=True, explicit_flags=given_flags(upstream_argv))
-    patches.apply(settings)
+    patches.install(settings)
     model = actor(tiny_model_dir, packing=False)
     optim = torch.optim.AdamW(model.parameters(), lr=1e-3)
     trainer = ppo_actor.ActorPPOTrainer(CPUStrategy(args), model, ema_model=None, actor_optim=optim,
