@@ -28,7 +28,7 @@ def test_every_policy_loss_has_a_reference_a_gradient_reference_a_readme_row_and
     assert entry.source and entry.fn.__doc__, \
         f"give {name!r} its paper (source=) and a docstring where it is registered"
     for preset in (entry.preset, *entry.variants):
-        assert preset and os.path.exists(os.path.join(REPO, preset)), \
+        assert preset and os.path.isfile(os.path.join(REPO, preset)), \
             f"add the preset {preset or 'configs/<name>.yaml'}"
 
 
@@ -40,7 +40,8 @@ def test_every_correction_has_a_reference_and_a_readme_row(name):
     assert entry.source and entry.fn.__doc__, \
         f"give {name!r} its paper (source=) and a docstring where it is registered"
     for preset in (entry.preset, *entry.variants):
-        assert os.path.exists(os.path.join(REPO, preset)), f"add the preset {preset}"
+        assert preset and os.path.isfile(os.path.join(REPO, preset)), \
+            f"add the preset {preset or 'configs/<name>.yaml'}"
 
 
 def test_every_preset_belongs_to_a_registered_method():

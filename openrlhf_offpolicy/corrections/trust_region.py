@@ -145,9 +145,11 @@ class UpstreamDivergenceGate:
 _UPSTREAM_GATE_SOURCE = "OpenRLHF 0.11.2 is_correction_gating (FlashREINFORCE trust region)"
 _STATISTIC = {"binary_tv": "sampled-token TV(pi_roll, pi_old)", "binary_kl": "sampled-token binary KL(pi_roll, pi_old)"}
 for _div, _label in (("binary_tv", "tv"), ("binary_kl", "binary-kl")):
+    _file = _label.replace("-", "_")
     CORRECTIONS.register(
         f"{_label}-mask",
         threshold="divergence",
+        preset=f"configs/{_file}_mask.yaml",
         legacy=True,
         source=_UPSTREAM_GATE_SOURCE,
         statistic=_STATISTIC[_div],
@@ -157,6 +159,7 @@ for _div, _label in (("binary_tv", "tv"), ("binary_kl", "binary-kl")):
     CORRECTIONS.register(
         f"seq-{_label}-mask",
         threshold="divergence",
+        preset=f"configs/seq_{_file}_mask.yaml",
         legacy=True,
         source=_UPSTREAM_GATE_SOURCE,
         statistic=f"per-sequence mean of the {_STATISTIC[_div]}",

@@ -97,8 +97,8 @@ def test_every_preset_parses_through_upstreams_parser_with_its_values(preset, ca
             assert up[key] == value, key
         elif key == "vllm_is_correction_type":
             assert loss["correction"] == {"prefix-mask": "reinforce_pro"}.get(value, value)
-        elif key == "vllm_is_truncated_threshold":
-            assert loss["threshold"] == value
+        elif key == "vllm_is_truncated_threshold":  # a single delta is the band [0, delta]
+            assert loss["threshold"] == (value if isinstance(value, list) else [0.0, value])
         elif key == "enable_vllm_is_correction":
             assert (loss["correction"] != "none") == value
         elif key == "vllm_logprobs_topk":
