@@ -15,6 +15,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 # torch 2.13.0 (CPU build) installs from this machine's disk; an unpinned torch would pull CUDA wheels.
 TORCH := torch==2.13.0
+# The peers (verl, TRL, SkyRL, AReaL), --no-deps into their own folder: see the target below.
+PEERS_DIR := bench_results/peers
+VERL_IMPORTS := tensordict==0.15.3 pyvers==0.2.3 omegaconf==2.4.0 antlr4-python3-runtime==4.9.3 \
+	codetiming==1.4.0 orjson==3.13.0
 
 .PHONY: demo test e2e-all lab lab-async bench clean
 
@@ -41,8 +45,10 @@ $(VENV)/.lab: $(VENV)/.base pyproject.toml
 demo: $(VENV)/.test
 	$(PY) -m openrlhf_offpolicy.cli.demo --out demo_results
 
-test: $(VENV)/.test
-	$(PY) -m pytest -q
+# The peers' own functions (tests/corrections/test_peers.py) run in the suite: OFFPOLICY_PEERS_DIR makes a
+# peer that does not import a failure.
+test: $(VENV)/.test $(PEERS_DIR)/.complete
+	OFFPOLICY_PEERS_DIR=$(PEERS_DIR) $(PY) -m pytest -q
 
 e2e-all: $(VENV)/.test
 	OFFPOLICY_E2E_ALL=1 $(PY) -m pytest -q tests/e2e
@@ -53,16 +59,16 @@ lab: $(VENV)/.lab
 lab-async: $(VENV)/.lab
 	$(PY) -m openrlhf_offpolicy.lab.async_lab --out lab_results/async --inline
 
-# The peers compared in bench_loss, --no-deps into their own folder (bench_loss puts it on sys.path).
-PEERS_DIR := bench_results/peers
-$(PEERS_DIR)/.installed: $(VENV)/.test
-	$(PIP) install -q --no-deps --target $(PEERS_DIR) verl==0.9.1 trl==1.16.0
+# The peers compared in bench_loss and tests/corrections/test_peers.py, --no-deps into their own folder
+# (bench_loss and test_peers put it on sys.path), with the small modules verl's core_algos imports.
+$(PEERS_DIR)/.complete: $(VENV)/.test
+	$(PIP) install -q --no-deps --target $(PEERS_DIR) verl==0.9.1 trl==1.16.0 $(VERL_IMPORTS)
 	# SkyRL and AReaL: test_peers reads single functions from their sources (SkyRL 0.4.0 declares Python >= 3.12).
 	$(PIP) install -q --no-deps --ignore-requires-python --target $(PEERS_DIR) skyrl==0.4.0 areal==1.0.4
 	touch $@
 
 # Every benchmark, each in its own process (benchmarks/run_all.py), summary -> bench_results/summary.md
-bench: $(VENV)/.test $(PEERS_DIR)/.installed
+bench: $(VENV)/.test $(PEERS_DIR)/.complete
 	$(PY) benchmarks/run_all.py --out bench_results
 
 clean:

@@ -1,19 +1,24 @@
 """Our new policy losses against the peers' own functions, on the same float64 tensors.
 
-verl 0.9.1, TRL 1.16.0, SkyRL 0.4.0 and AReaL 1.0.4 are not dependencies: each test is skipped when
-its peer is not installed. To run them: install them ``--no-deps`` (``make bench`` does, into
-``bench_results/peers``; verl's ``core_algos`` also imports tensordict, pyvers, omegaconf, antlr4,
-codetiming and orjson), e.g. into a folder put on ``PYTHONPATH``. SkyRL's and AReaL's modules import
-their whole frameworks, so their functions are taken from the installed source files as they are
-(``peer_functions``: the named top-level functions, run unmodified with torch).
+verl 0.9.1, TRL 1.16.0, SkyRL 0.4.0 and AReaL 1.0.4 are not dependencies of the package. ``make test``
+(and ``make bench``) installs them ``--no-deps`` into ``bench_results/peers``, with the six small
+modules verl's ``core_algos`` imports (tensordict, pyvers, omegaconf, antlr4, codetiming, orjson), and
+sets ``OFFPOLICY_PEERS_DIR``: then a peer that does not import is a failure, not a skip. Run alone
+(plain ``pytest``), a test whose peer is missing is skipped. The folder goes at the end of
+``sys.path`` for each test only (SkyRL ships top-level ``tests`` and ``scripts`` packages).
+SkyRL's and AReaL's modules import their whole frameworks, so their functions are taken from the
+installed source files as they are (``peer_functions``: the named top-level functions, run unmodified
+with torch).
 
 prime-rl (``prime_dppo``, ``ipo``) and ROLL (``topr``, segment IS) are not on PyPI: those methods are
 tested against the formulas as read in the commits the README names (tests/reference.py).
 """
 
 import ast
+import importlib
 import importlib.util
 import os
+import sys
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -24,12 +29,32 @@ from helpers import random_inputs
 from openrlhf_offpolicy.models import PolicyLoss
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PEERS_REQUIRED = bool(os.environ.get("OFFPOLICY_PEERS_DIR"))
+PEERS_DIR = os.path.abspath(os.environ.get("OFFPOLICY_PEERS_DIR") or os.path.join(REPO, "bench_results", "peers"))
+
+
+@pytest.fixture(autouse=True)
+def peers_on_path(monkeypatch):
+    if os.path.isdir(PEERS_DIR):
+        monkeypatch.setattr(sys, "path", [*sys.path, PEERS_DIR])
+
+
+def peer_module(name):
+    """The peer's module; skipped when it is not installed, unless ``make test`` installed the peers."""
+    if PEERS_REQUIRED:
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
+
+
 def peer_functions(package, relative_path, names, **namespace):
     """The top-level functions ``names`` of ``package/relative_path`` (not imported: the package's
     ``__init__`` pulls in its framework), defined from the installed source with decorators and
     annotations dropped, in a namespace holding torch and ``namespace``."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
+        if PEERS_REQUIRED:
+            pytest.fail(f"{package} is not in {PEERS_DIR} (make test installs it)")
         pytest.skip(f"{package} is not installed")
     path = os.path.join(spec.submodule_search_locations[0], relative_path)
     tree = ast.parse(open(path).read())
@@ -63,7 +88,7 @@ def assert_same(a, b):
 
 # ----------------------------------------------------------------------------- verl 0.9.1
 def verl_loss(name, inputs, **config):
-    core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
+    core_algos = peer_module("verl.trainer.ppo.core_algos")
     fn = core_algos.get_policy_loss_fn(name)
     log_probs = inputs["log_probs"].detach().clone().requires_grad_()
     cfg = SimpleNamespace(clip_ratio=0.2, clip_ratio_low=None, clip_ratio_high=None, global_batch_info={},
@@ -118,7 +143,7 @@ class _Accelerator:
 
 def trl_loss(loss_type, inputs, importance_sampling_level="token", **args):
     """TRL's own ``GRPOTrainer._compute_loss`` on a stand-in trainer whose forward returns our log-probs."""
-    grpo = pytest.importorskip("trl.trainer.grpo_trainer")
+    grpo = peer_module("trl.trainer.grpo_trainer")
     log_probs = inputs["log_probs"].detach().clone().requires_grad_()
     mask = inputs["action_mask"]
     batch, length = mask.shape
