@@ -11,15 +11,15 @@ from __future__ import annotations
 import os
 from typing import Dict
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-
 
 def preset_loss_kwargs(path: str) -> dict:
-    """``PolicyLoss`` kwargs of the run a preset describes (paths relative to the repository)."""
+    """``PolicyLoss`` kwargs of the run a preset describes (``configs/NAME.yaml`` or a file path)."""
+    from .cli.config_file import PACKAGED_CONFIGS
     from .cli.train_ppo_ray import build_parser, config_tokens, settings_from
     from .integration.upstream_args import loss_kwargs_from_args, peek_upstream_args
 
-    tokens = config_tokens(os.path.join(REPO, path) if not os.path.isabs(path) else path)
+    registered = path.startswith("configs/")  # the packaged file, whatever the working directory holds
+    tokens = config_tokens(os.path.join(PACKAGED_CONFIGS, path[len("configs/"):]) if registered else path)
     ours, upstream = build_parser().parse_known_args(tokens)
     settings = settings_from(ours)
     kwargs = loss_kwargs_from_args(peek_upstream_args(upstream))

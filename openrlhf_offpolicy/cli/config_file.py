@@ -101,10 +101,24 @@ def read_text(path: str) -> str:
         raise UsageError(f"{where}: not UTF-8 text (byte {e.start})") from None
 
 
+# The presets ship inside the package (``configs/`` in a checkout links to this folder).
+PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def packaged_preset(path: str) -> str:
+    """``configs/NAME.yaml`` as the packaged preset when no such file exists here (an installed wheel,
+    or a run outside the checkout); every other path unchanged."""
+    parts = os.path.normpath(path).split(os.sep)
+    if os.path.lexists(path) or len(parts) != 2 or parts[0] != "configs" or not parts[1].endswith(".yaml"):
+        return path
+    packaged = os.path.join(PACKAGED_CONFIGS, parts[1])
+    return packaged if os.path.isfile(packaged) else path
+
+
 def load_preset(path: str) -> Tuple[Dict[str, Any], str]:
     """(the preset's mapping, ``"--config PATH"`` for messages); UsageError naming the file otherwise."""
     where = f"--config {_short(path)}"
-    text = read_text(path)
+    text = read_text(packaged_preset(path))
     try:
         check_events(text, where)
         data = yaml.load(text, Loader=_LOADER)
