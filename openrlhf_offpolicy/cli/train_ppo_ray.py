@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, add_help=False, allow_abbrev=False,
                      description="Upstream OpenRLHF train_ppo_ray with off-policy corrections. "
                      "Every upstream flag is accepted unchanged; these are added:")
-    parser.add_argument("--config", metavar="FILE.yaml", help="preset of flags (configs/); command-line flags win")
+    parser.add_argument("--config", metavar="FILE.yaml", help="preset of flags (configs/, shipped in the package too); command-line flags win")
     parser.add_argument("--dry_run", action="store_true", help="print the resolved configuration and exit before Ray")
     parser.add_argument("--verbose", action="store_true",
                         help="print one note per translated OpenRLHF 0.9.x flag (default: one summary line)")

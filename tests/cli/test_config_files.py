@@ -65,3 +65,25 @@ def test_verl_keys_in_a_file_are_translated(tmp_path, capsys):
     status, out = dry_run(MINIMAL_UPSTREAM_ARGV + ["--config", str(path)], capsys)
     assert status == 0, out
     assert out["offpolicy"]["policy_loss"]["correction"] == "icepop"
+
+
+def test_a_registered_preset_path_outside_the_checkout_reads_the_packaged_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    status, out = dry_run(MINIMAL_UPSTREAM_ARGV + ["--config", "configs/trm.yaml"], capsys)
+    assert status == 0, out
+    assert out["offpolicy"]["policy_loss"]["correction"] == "trm"
+
+
+def test_a_preset_file_in_the_working_directory_wins_over_the_packaged_one(tmp_path, monkeypatch, capsys):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "trm.yaml").write_text("enable_vllm_is_correction: true\nvllm_is_correction_type: tis\n")
+    monkeypatch.chdir(tmp_path)
+    status, out = dry_run(MINIMAL_UPSTREAM_ARGV + ["--config", "configs/trm.yaml"], capsys)
+    assert status == 0, out
+    assert out["offpolicy"]["policy_loss"]["correction"] == "tis"
+
+
+def test_an_unknown_preset_outside_the_checkout_is_named_as_typed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    status, err = dry_run(MINIMAL_UPSTREAM_ARGV + ["--config", "configs/nosuch.yaml"], capsys)
+    assert status == 2 and "--config configs/nosuch.yaml: No such file" in err
