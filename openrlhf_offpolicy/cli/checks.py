@@ -7,8 +7,9 @@ covered automatically), upstream's from upstream's own parser read from its sour
     flag, ours and upstream's, so our parse, the peek and upstream's parse always agree), then one
     strict parse with both parsers' actions for wrong value counts, types, choices and NaN;
   * ``check_inputs``: a dry run or a run needs a policy model and a reward;
-  * ``check_selected``: a parameter given for a method the run does not use is an error naming
-    that method, and so are upstream's PPO clip flags under a loss without a PPO clip.
+  * ``check_ppo_clip_flags``: upstream's PPO clip flags under a loss without a PPO clip are an error
+    (a method parameter given for a method the run does not use is refused by the library,
+    ``corrections.config.check_parameters_are_read``, for the CLI and ``PolicyLoss`` alike).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import argparse
 import difflib
 import math
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence
 
-from ..corrections import CORRECTIONS, DIVERGENCES, POLICY_LOSSES, OffPolicyConfig, method_params
+from ..corrections import CORRECTIONS, POLICY_LOSSES, OffPolicyConfig
 
 
 class UsageError(ValueError):
@@ -147,41 +148,16 @@ def check_inputs(ns: argparse.Namespace) -> None:
         raise UsageError(f"--train.agent_func_path {agent}: no such file (the smoke test loads the agent here)")
 
 
-def method_owners() -> Dict[str, List[Tuple[str, str]]]:
-    """Method parameter -> [(registry kind, method name)] of the methods that read it."""
-    owners: Dict[str, List[Tuple[str, str]]] = {}
-    for registry in (CORRECTIONS, POLICY_LOSSES, DIVERGENCES):
-        for entry in registry:
-            for p in entry.params:
-                owners.setdefault(p.name, []).append((registry.kind, entry.name))
-    return owners
-
-
-def selected_methods(config: OffPolicyConfig) -> set:
-    return {config.correction, config.policy_loss_type, *config.divergences}
-
-
 def _same(a, b) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return list(a) == list(b)
     return a == b
 
 
-def check_selected(given: Dict[str, object], config: OffPolicyConfig, upstream_given: Iterable[str],
-                   upstream_values: Dict[str, object], upstream_defaults: Dict[str, object]) -> None:
-    """``given``: method parameters set on the command line (name -> value); ``upstream_values`` and
+def check_ppo_clip_flags(config: OffPolicyConfig, upstream_given: Iterable[str], upstream_values: Dict[str, object],
+                         upstream_defaults: Dict[str, object]) -> None:
+    """Upstream's PPO clip flags under a loss without a PPO clip. ``upstream_values`` and
     ``upstream_defaults``: upstream's parsed values and defaults by dest (``actor.eps_clip``)."""
-    params = method_params()
-    owners = method_owners()
-    selected = selected_methods(config)
-    for name, value in given.items():
-        if _same(value, params[name].default) or any(method in selected for _, method in owners[name]):
-            continue
-        users = " / ".join(f"{kind} {method}" for kind, method in owners[name])
-        raise UsageError(
-            f"--{name} is read only by the {users}, which this run does not use (policy loss "
-            f"{config.policy_loss_type}, correction {config.correction}); select it or drop --{name}"
-        )
     loss = POLICY_LOSSES.get(config.policy_loss_type)
     if loss.meta.get("ppo_clip", False):
         return
@@ -207,7 +183,6 @@ def check_correction_apis(values: Dict[str, object]) -> None:
     ``--vllm_is_correction_type`` each select a correction. A type given without our switch names
     the way out that the next check accepts: add the switch, or, when upstream's flags already
     select a correction, keep one of the two APIs (the library refuses two different selections)."""
-    from ..corrections import CORRECTIONS
     from ..corrections.config import UPSTREAM_GATES
 
     ours = values.get("vllm_is_correction_type")

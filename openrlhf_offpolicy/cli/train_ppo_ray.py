@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, add_help=False, allow_abbrev=False,
                      description="Upstream OpenRLHF train_ppo_ray with off-policy corrections. "
                      "Every upstream flag is accepted unchanged; these are added:")
-    parser.add_argument("--config", metavar="FILE.yaml", help="preset of flags (configs/, shipped in the package too); command-line flags win")
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="preset of flags (configs/, shipped in the package too); command-line flags win")
     parser.add_argument("--dry_run", action="store_true", help="print the resolved configuration and exit before Ray")
     parser.add_argument("--verbose", action="store_true",
                         help="print one note per translated OpenRLHF 0.9.x flag (default: one summary line)")
@@ -360,10 +361,7 @@ def _parse_tokens(tokens: List[str], known: List[str], ours_parser, upstream, ou
     upstream_given = given_flags(upstream_argv)
     config = settings.check(peeked, upstream_given)
     settings = with_engine_dtype(settings, peeked)
-    checks.check_selected(
-        {name: getattr(ours, name) for name in method_params() if hasattr(ours, name)}, config, upstream_given,
-        vars(full), {a.dest: a.default for a in upstream._actions},
-    )
+    checks.check_ppo_clip_flags(config, upstream_given, vars(full), {a.dest: a.default for a in upstream._actions})
     # notes after the checks: a refused command line is one line
     for line in neighbour_notes:
         output.note(line)

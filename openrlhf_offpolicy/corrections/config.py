@@ -52,6 +52,39 @@ def method_params() -> Dict[str, Param]:
     return out
 
 
+def method_owners() -> Dict[str, Tuple[Tuple[str, str], ...]]:
+    """Method parameter -> the (registry kind, method name) of every method that reads it."""
+    owners: Dict[str, Tuple[Tuple[str, str], ...]] = {}
+    for registry in (CORRECTIONS, POLICY_LOSSES, DIVERGENCES):
+        for entry in registry:
+            for p in entry.params:
+                owners[p.name] = owners.get(p.name, ()) + ((registry.kind, entry.name),)
+    return owners
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
+
+
+def check_parameters_are_read(given: Mapping[str, Any], config: "OffPolicyConfig") -> None:
+    """A method parameter set away from its default must be read by a selected method: a run would
+    otherwise ignore it silently (``sapo_tau_pos`` with ``ppo``, ``trm_max_delta`` without ``trm``)."""
+    declared, owners = method_params(), method_owners()
+    selected = {config.correction, config.policy_loss_type, *config.divergences}
+    for name in given:
+        if _same_value(config.param(name), declared[name].validate(declared[name].default)):
+            continue
+        if any(method in selected for _, method in owners[name]):
+            continue
+        users = " / ".join(f"{kind} {method}" for kind, method in owners[name])
+        raise ValueError(
+            f"{name} is read only by the {users}, which this configuration does not use (policy loss "
+            f"{config.policy_loss_type}, correction {config.correction}); select it or drop {name}"
+        )
+
+
 def correction_choices() -> list:
     """Values accepted by ``vllm_is_correction_type`` / ``--vllm_is_correction_type``."""
     return CORRECTIONS.names(with_aliases=True, hidden=False)
@@ -253,6 +286,14 @@ def check_threshold(correction: str, threshold: Tuple[float, float]) -> None:
             )
 
 
+def check_not_inverted(**bands: Any) -> None:
+    """A band with LOW > HIGH is an error whether or not its correction is on (a typo stays one)."""
+    for name, band in bands.items():
+        if isinstance(band, (list, tuple)) and len(band) == 2 and all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in band) and band[0] > band[1]:
+            raise ValueError(f"{name} {band[0]:g} {band[1]:g} is inverted: LOW must not exceed HIGH")
+
+
 def resolve_correction(
     *,
     is_correction_level: str = "off",
@@ -264,6 +305,11 @@ def resolve_correction(
     vllm_is_correction_type: str = "tis",
 ) -> Tuple[str, Tuple[float, float]]:
     """The (registered correction, threshold) both correction APIs select; they must agree."""
+    check_not_inverted(vllm_is_truncated_threshold=vllm_is_truncated_threshold,
+                       is_correction_threshold=is_correction_threshold)
+    if vllm_is_correction_type != "tis" and enable_vllm_is_correction is False:
+        raise ValueError(f"vllm_is_correction_type {shorten(vllm_is_correction_type)} has no effect without "
+                         "enable_vllm_is_correction=True")
     upstream = upstream_correction(is_correction_level, is_correction_mode, is_correction_gating)
     upstream_choice = None
     if upstream is not None:
@@ -378,6 +424,7 @@ def resolve_config(
         rejection=criteria,
         is_batch_normalize=is_batch_normalize,
     )
+    check_parameters_are_read(method_kwargs, config)
     for entry in (config.correction_entry, config.loss_entry):
         if getattr(entry, "validate", None) is not None:
             entry.validate(config)

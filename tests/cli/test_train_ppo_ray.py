@@ -265,9 +265,9 @@ BAD_INPUT = [
     (["--enable_vllm_is", "--vllm_is_correction_type", "tis"], "--enable_vllm_is is an abbreviation"),
     (["--dry"], "--dry is an abbreviation"),
     # parameters of a method that is not selected
-    (["--sapo_tau_pos", "2"], "--sapo_tau_pos is read only by the policy loss sapo"),
+    (["--sapo_tau_pos", "2"], "sapo_tau_pos is read only by the policy loss sapo"),
     (["--enable_vllm_is_correction", "--vllm_is_correction_type", "tis", "--trm_max_delta", "0.01"],
-     "--trm_max_delta is read only by the correction trm"),
+     "trm_max_delta is read only by the correction trm"),
     (["--policy_loss_type", "sapo", "--actor.eps_clip_low_high", "0.2", "0.28"],
      "policy loss sapo does not have"),
     (["--policy_loss_type", "cispo", "--actor.dual_clip", "3"], "--actor.dual_clip sets the PPO clip"),

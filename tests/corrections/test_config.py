@@ -15,7 +15,13 @@ BAD_KWARGS = [
     (dict(is_correction_level="seq", is_correction_mode="clip"), "clip requires is_correction_level=token"),
     (dict(is_correction_level="token", is_correction_gating="tv", is_correction_threshold=(0.5, 5.0)),
      "upper bound only"),
-    (dict(enable_vllm_is_correction=True, vllm_is_truncated_threshold=(5.0, 0.5)), "0 <= low <= 1 <= high"),
+    (dict(enable_vllm_is_correction=True, vllm_is_truncated_threshold=(5.0, 0.5)), "5 0.5 is inverted"),
+    # an inverted band, a correction type or a method parameter that the configuration would ignore
+    (dict(vllm_is_truncated_threshold=(2.0, 1.0)), "vllm_is_truncated_threshold 2 1 is inverted"),
+    (dict(is_correction_threshold=(3.0, 1.0)), "is_correction_threshold 3 1 is inverted"),
+    (dict(vllm_is_correction_type="icepop"), "has no effect without enable_vllm_is_correction=True"),
+    (dict(policy_loss_type="ppo", sapo_tau_pos=2.0), "sapo_tau_pos is read only by the policy loss sapo"),
+    (dict(trm_max_delta=0.1), "trm_max_delta is read only by the correction trm"),
     (dict(enable_vllm_is_correction=True, vllm_is_truncated_threshold=(1.2, 5.0)), "0 <= low <= 1 <= high"),
     (dict(enable_vllm_is_correction=True, vllm_is_truncated_threshold=(-0.1, 5.0)), "0 <= low <= 1 <= high"),
     (dict(enable_vllm_is_correction=True, vllm_is_truncated_threshold=(1.0, 1.0)), "low < high"),
@@ -112,3 +118,15 @@ def test_every_listed_correction_resolves_with_its_default_threshold():
         cfg = resolve_config(enable_vllm_is_correction=True, vllm_is_correction_type=name,
                              vllm_is_truncated_threshold=threshold)
         assert cfg.correction == entry.name and cfg.needs_rollout_log_probs
+
+
+def test_a_method_parameter_at_its_default_or_read_by_a_selected_method_is_accepted():
+    """Callers (the CLI's settings among them) pass every method parameter; only a value the run would
+    ignore is refused."""
+    from openrlhf_offpolicy.corrections import method_params
+
+    defaults = {name: p.default for name, p in method_params().items()}
+    assert resolve_config(**defaults).policy_loss_type == "ppo"
+    assert resolve_config(policy_loss_type="sapo", sapo_tau_pos=2.0).param("sapo_tau_pos") == 2.0
+    cfg = resolve_config(enable_vllm_is_correction=True, vllm_is_correction_type="trm", trm_max_delta=0.1)
+    assert cfg.param("trm_max_delta") == 0.1
