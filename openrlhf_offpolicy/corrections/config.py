@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, field, make_dataclass, replace
 from functools import lru_cache
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
@@ -112,13 +112,22 @@ def _rebuild_method_params(values: Dict[str, Any]):
     return method_params_type()(**values)
 
 
+def param_annotation(p: Param) -> Any:
+    """The declared type of a parameter's value: its type, a tuple of them for ``nargs``, Optional if None
+    is accepted."""
+    value: Any = p.type if p.nargs is None else Tuple[(p.type,) * p.nargs]
+    return Optional[value] if p.optional or p.default is None else value
+
+
 @lru_cache(maxsize=None)
 def _method_params_type(names: Tuple[str, ...]) -> type:
-    return make_dataclass("MethodParams", [(n, Any) for n in names], bases=(MethodParamsBase,), frozen=True)
+    declared = method_params()
+    fields_ = [(n, param_annotation(declared[n])) for n in names]
+    return make_dataclass("MethodParams", fields_, bases=(MethodParamsBase,), frozen=True)
 
 
 def method_params_type() -> type:
-    """The frozen dataclass with one field per registered method parameter."""
+    """The frozen dataclass with one typed field per registered method parameter."""
     return _method_params_type(tuple(method_params()))
 
 
@@ -136,8 +145,8 @@ def resolve_method_params(method_kwargs: Mapping[str, Any]):
 class OffPolicyConfig:
     """Everything a ``PolicyLoss`` needs, validated.
 
-    Method parameters live in ``params``, a typed frozen dataclass (``cfg.params.sapo_tau_pos``,
-    also ``cfg.param("sapo_tau_pos")``); ``cfg.params.sapo_tau_pos`` still reads them for older callers.
+    Method parameters live in ``params``, a frozen dataclass with one typed field per registered
+    parameter (``cfg.params.sapo_tau_pos``, or ``cfg.param("sapo_tau_pos")`` by name).
     """
 
     policy_loss_type: str = "ppo"
@@ -148,21 +157,18 @@ class OffPolicyConfig:
     dual_clip: Optional[float] = None
     token_level_loss: bool = True
     anchor_on_rollout: bool = False
-    params: Any = field(default_factory=lambda: resolve_method_params({}))
+    params: MethodParamsBase = field(default_factory=lambda: resolve_method_params({}))
     rejection: Tuple[Criterion, ...] = ()  # composable rejection criteria (corrections.rejection)
     is_batch_normalize: bool = False  # rescale the correction's weights to mean 1 (corrections.normalize)
+    # Set by resolve_config only: PolicyLoss(config=...) refuses a configuration built around its checks.
+    validated: bool = field(default=False, compare=False, repr=False)
 
     def param(self, name: str) -> Any:
         """The value of method parameter ``name`` (AttributeError if no method declares it)."""
-        params = object.__getattribute__(self, "params")
+        params = self.params
         if name not in params:
             raise AttributeError(f"OffPolicyConfig has no field or method parameter {name!r}")
         return params[name]
-
-    def __getattr__(self, name: str) -> Any:  # only reached for names that are not fields
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return self.param(name)
 
     @property
     def loss_entry(self):
@@ -374,7 +380,6 @@ def check_clip(clip_eps_low: float, clip_eps_high: float,
 
 
 def resolve_config(
-    *,
     clip_eps_low: float = 0.2,
     clip_eps_high: float = 0.2,
     dual_clip: Optional[float] = None,
@@ -384,6 +389,7 @@ def resolve_config(
     is_correction_mode: str = "mask",
     is_correction_gating: str = "ratio",
     is_correction_threshold: Optional[Sequence[float]] = DEFAULT_THRESHOLD,
+    *,
     enable_vllm_is_correction: bool = False,
     vllm_is_truncated_threshold: Optional[Sequence[float]] = DEFAULT_THRESHOLD,
     vllm_is_correction_type: str = "tis",
@@ -391,7 +397,10 @@ def resolve_config(
     is_batch_normalize: bool = False,
     **method_kwargs: Any,
 ) -> OffPolicyConfig:
-    """Validate every argument and return the resolved configuration (ValueError on bad input)."""
+    """Validate every argument and return the resolved configuration (ValueError on bad input).
+
+    The one place the ``PolicyLoss`` keyword signature is written: the first nine arguments are
+    upstream OpenRLHF 0.11.2's ``PolicyLoss``'s, in its order; ``PolicyLoss`` takes this signature."""
     params = resolve_method_params(method_kwargs)
     loss = POLICY_LOSSES.get(check_name(policy_loss_type, "policy_loss_type"))
     token_level_loss = check_bool(token_level_loss, "token_level_loss")
@@ -428,4 +437,4 @@ def resolve_config(
     for entry in (config.correction_entry, config.loss_entry):
         if getattr(entry, "validate", None) is not None:
             entry.validate(config)
-    return config
+    return replace(config, validated=True)

@@ -32,6 +32,9 @@ class CorrectionEntry(Entry):
                       ``--vllm_is_correction_type`` choice.
     validate          ``validate(config)`` raises ValueError on a bad combination of its parameters.
     divergence_param  the method parameter that names the divergence it reads, if any.
+    bypass_compatible ``bypass_compatible(config)`` is True when the correction still compares two
+                      different policies with pi_old := pi_roll (``--bypass_old_logprobs``); its
+                      docstring says when. None: never (rho = pi_old / pi_roll would be 1).
     metrics           the names of the diagnostics it adds beyond the common ``is/*`` ones.
     preset, script    its preset (``configs/*.yaml``) and example launch script; variants: other presets.
     statistic, action, coefficient  what it gates, what it does and ``c_t`` on kept tokens (README).
@@ -42,6 +45,7 @@ class CorrectionEntry(Entry):
     hidden: bool = False
     validate: Optional[Callable] = None
     divergence_param: Optional[str] = None
+    bypass_compatible: Optional[Callable] = None
     metrics: Tuple[str, ...] = ()
     preset: str = ""
     variants: Tuple[str, ...] = ()

@@ -59,10 +59,16 @@ def _check_trm(cfg) -> None:
         )
 
 
+def _trm_gates_the_current_policy(cfg) -> bool:
+    """trm with trm_reference current still gates pi_roll against pi_theta."""
+    return cfg.params.trm_reference == "current"
+
+
 @CORRECTIONS.register(
     "trm",
     threshold=None,
     validate=_check_trm,
+    bypass_compatible=_trm_gates_the_current_policy,
     divergence_param="trm_divergence",
     metrics=("trm/accept_rate",),
     source=TRM_SOURCE,

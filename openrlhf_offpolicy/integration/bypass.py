@@ -16,17 +16,18 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
-BYPASS_COMPATIBLE_CORRECTIONS = {"trm": lambda config: config.trm_reference == "current"}
-
-
 def bypass_rejection(config) -> Optional[str]:
-    """Why ``config`` makes no sense with pi_old = pi_roll (None: it does)."""
+    """Why ``config`` makes no sense with pi_old = pi_roll (None: it does). The registry says which
+    corrections still compare two policies then (``bypass_compatible``)."""
+    from ..corrections import CORRECTIONS
+
     if not config.correction_enabled:
         return None
-    compatible = BYPASS_COMPATIBLE_CORRECTIONS.get(config.correction)
+    compatible = config.correction_entry.bypass_compatible
     if compatible is not None and compatible(config):
         return None
-    hint = " (trm with --trm_reference current still gates pi_roll against pi_theta)"
+    hints = [" ".join(e.bypass_compatible.__doc__.split()) for e in CORRECTIONS if e.bypass_compatible is not None]
+    hint = f" ({'; '.join(hints)})" if hints else ""
     return (f"--bypass_old_logprobs uses pi_roll as pi_old, so correction {config.correction!r} would see "
             f"rho = pi_old/pi_roll = 1 everywhere; drop the correction or the bypass{hint}")
 

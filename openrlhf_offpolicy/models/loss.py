@@ -15,12 +15,21 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..corrections import CORRECTIONS, POLICY_LOSSES, TopK, aggregate_loss, make_topk, method_params, resolve_config
+from ..corrections import (
+    CORRECTIONS,
+    POLICY_LOSSES,
+    OffPolicyConfig,
+    TopK,
+    aggregate_loss,
+    make_topk,
+    method_params,
+    resolve_config,
+)
 from ..corrections.batch import make_policy_batch
 from ..corrections.config import UPSTREAM_GATES, correction_choices
 from ..corrections.normalize import batch_normalize
@@ -76,7 +85,7 @@ def policy_loss_arguments() -> List[Tuple[str, Any, str]]:
     valid = _valid_values()
     out = []
     for name, param in inspect.signature(resolve_config).parameters.items():
-        if param.kind is param.KEYWORD_ONLY:
+        if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
             out.append((name, param.default, ARGUMENT_HELP.get(name, "")))
     for p in method_params().values():
         out.append((p.name, p.default, p.help + ("; None allowed" if p.optional else "")))
@@ -102,37 +111,19 @@ class PolicyLoss(nn.Module):
     forward pipeline: ratios -> surrogate -> correction coefficient -> aggregation -> metrics.
     """
 
-    def __init__(
-        self,
-        clip_eps_low: float = 0.2,
-        clip_eps_high: float = 0.2,
-        dual_clip: Optional[float] = None,
-        token_level_loss: bool = True,
-        policy_loss_type: str = "ppo",
-        is_correction_level: str = "off",
-        is_correction_mode: str = "mask",
-        is_correction_gating: str = "ratio",
-        is_correction_threshold: Optional[Sequence[float]] = (0.5, 5.0),
-        *,
-        enable_vllm_is_correction: bool = False,
-        vllm_is_truncated_threshold: Optional[Sequence[float]] = (0.5, 5.0),
-        vllm_is_correction_type: str = "tis",
-        rejection: Optional[Sequence[str]] = None,
-        is_batch_normalize: bool = False,
-        **method_params: Any,
-    ) -> None:
+    def __init__(self, *args: Any, config: Optional[OffPolicyConfig] = None, **kwargs: Any) -> None:
+        """``PolicyLoss(...)`` takes ``resolve_config``'s arguments (its signature is this one's), or
+        ``PolicyLoss(config=resolve_config(...))`` an already resolved configuration."""
         super().__init__()
-        _check_names(method_params)
-        self.config = resolve_config(
-            clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high, dual_clip=dual_clip,
-            token_level_loss=token_level_loss, policy_loss_type=policy_loss_type,
-            is_correction_level=is_correction_level, is_correction_mode=is_correction_mode,
-            is_correction_gating=is_correction_gating, is_correction_threshold=is_correction_threshold,
-            enable_vllm_is_correction=enable_vllm_is_correction,
-            vllm_is_truncated_threshold=vllm_is_truncated_threshold,
-            vllm_is_correction_type=vllm_is_correction_type, rejection=rejection,
-            is_batch_normalize=is_batch_normalize, **method_params,
-        )
+        if config is not None:
+            if args or kwargs:
+                raise ValueError("PolicyLoss takes config= or the keyword arguments, not both")
+            if not isinstance(config, OffPolicyConfig) or not config.validated:
+                raise ValueError("PolicyLoss(config=...) takes the OffPolicyConfig that resolve_config(...) returns")
+            self.config = config
+        else:
+            _check_names(kwargs)
+            self.config = resolve_config(*args, **kwargs)
         self.surrogate = POLICY_LOSSES.get(self.config.policy_loss_type).fn
         self.correction = CORRECTIONS.get(self.config.correction).fn
         self._pending = None  # what the last forward left for the lazily computed statistics
@@ -284,3 +275,17 @@ def _check_names(method_kwargs: Dict[str, Any]) -> None:
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ValueError(f"unknown PolicyLoss argument {name!r}; {hint}(PolicyLoss.help() lists every argument)")
+
+
+def _signature_of_resolve_config() -> inspect.Signature:
+    """``PolicyLoss.__init__``'s signature: ``self``, ``resolve_config``'s arguments, then ``config``."""
+    own = inspect.signature(resolve_config).parameters.values()
+    head = [p for p in own if p.kind is not p.VAR_KEYWORD]
+    tail = [p for p in own if p.kind is p.VAR_KEYWORD]
+    self_ = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    config = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=Optional[OffPolicyConfig])
+    return inspect.Signature([self_, *head, config, *tail])
+
+
+PolicyLoss.__init__.__signature__ = _signature_of_resolve_config()

@@ -85,7 +85,7 @@ def test_method_parameters_form_a_typed_frozen_dataclass():
 
     cfg = resolve_config(policy_loss_type="sapo", sapo_tau_pos=2)
     assert dataclasses.is_dataclass(cfg.params) and cfg.params.sapo_tau_pos == 2.0
-    assert cfg.param("sapo_tau_pos") == cfg.sapo_tau_pos == dict(cfg.params)["sapo_tau_pos"] == 2.0
+    assert cfg.param("sapo_tau_pos") == cfg.params.sapo_tau_pos == dict(cfg.params)["sapo_tau_pos"] == 2.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.params.sapo_tau_pos = 3.0
     with pytest.raises(AttributeError, match="no field or method parameter"):

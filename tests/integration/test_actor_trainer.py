@@ -83,7 +83,7 @@ def test_training_step_calls_our_loss_with_the_real_experience_and_logs_spec_met
         loss_fn = trainer.actor_loss_fn
         assert isinstance(loss_fn, PolicyLoss)
         assert loss_fn.config.policy_loss_type == "sapo" and loss_fn.config.correction == "trm"
-        assert loss_fn.config.trm_max_delta == 0.02 and loss_fn.config.clip_eps_high == 0.2
+        assert loss_fn.config.param("trm_max_delta") == 0.02 and loss_fn.config.clip_eps_high == 0.2
 
         calls = []
         original_forward = type(loss_fn).forward

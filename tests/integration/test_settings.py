@@ -20,7 +20,7 @@ def test_settings_round_trip_through_json():
 
 def test_check_resolves_the_loss_config_from_upstream_args_and_our_flags():
     config = SETTINGS.check(peek_upstream_args(MINIMAL_UPSTREAM_ARGV + ["--actor.eps_clip_low_high", "0.2", "0.28"]))
-    assert config.policy_loss_type == "sapo" and config.correction == "trm" and config.trm_max_delta == 0.1
+    assert config.policy_loss_type == "sapo" and config.correction == "trm" and config.param("trm_max_delta") == 0.1
     assert (config.clip_eps_low, config.clip_eps_high) == (0.2, 0.28)
 
 

@@ -349,7 +349,7 @@ def test_from_vllm_shaped_rollout_to_the_dppo_topk_loss_and_its_gradient(topk_pa
     trainer = ppo_actor.ActorPPOTrainer(CPUStrategy(args), model, ema_model=None, actor_optim=optim,
                                         actor_scheduler=torch.optim.lr_scheduler.LambdaLR(optim, lambda s: 1.0),
                                         micro_train_batch_size=2, vllm_engines=None)
-    assert trainer.actor_loss_fn.config.dppo_divergence == "topk_tv"
+    assert trainer.actor_loss_fn.config.param("dppo_divergence") == "topk_tv"
 
     exps = []
     for seed, (prompt, tokens) in enumerate([([3, 4], [7, 1, 9]), ([5, 6, 8], [2, 2]), ([1], [4, 4, 4, 4])]):

@@ -445,3 +445,32 @@ def test_an_empty_sequence_is_not_a_filtered_unit_deliberately_unlike_upstream()
     kwargs = dict(is_correction_level="seq", is_correction_mode="mask")
     assert UpstreamPolicyLoss(**kwargs)(**inputs)[4].item() == 0.5
     assert PolicyLoss(**kwargs)(**inputs)[4].item() == 0.0
+
+
+# --------------------------------------------------------------------------- one configuration value
+def test_a_resolved_config_builds_the_same_loss_as_its_keywords():
+    import inspect
+
+    from openrlhf_offpolicy.corrections import resolve_config
+
+    kw = dict(policy_loss_type="sapo", enable_vllm_is_correction=True, vllm_is_correction_type="trm",
+              trm_max_delta=0.02, rejection=("token_k1:-2:2",))
+    inputs = random_inputs(seed=3)
+    by_keywords = PolicyLoss(**kw)(**inputs)[0]
+    config = resolve_config(**kw)
+    by_config = PolicyLoss(config=config)
+    assert by_config.config is config
+    assert torch.equal(by_config(**inputs)[0], by_keywords)
+    # one signature: PolicyLoss's is resolve_config's (names, kinds and defaults), plus config=
+    ours = dict(inspect.signature(PolicyLoss).parameters)
+    assert ours.pop("config").default is None
+    assert list(ours.values()) == list(inspect.signature(resolve_config).parameters.values())
+
+
+def test_a_config_that_resolve_config_did_not_return_or_config_with_keywords_is_refused():
+    from openrlhf_offpolicy.corrections import OffPolicyConfig, resolve_config
+
+    with pytest.raises(ValueError, match="resolve_config"):
+        PolicyLoss(config=OffPolicyConfig(policy_loss_type="sapo"))
+    with pytest.raises(ValueError, match="not both"):
+        PolicyLoss(policy_loss_type="ppo", config=resolve_config())
