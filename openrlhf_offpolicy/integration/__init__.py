@@ -1,6 +1,6 @@
 """The only code that touches OpenRLHF internals (pinned ``openrlhf==0.11.2``).
 
-    patch_table    every replaced upstream symbol: (module, target, make, when, why)
+    patch_table    every replaced upstream symbol, once: (module, target, its wrappers in order)
     patches        install/undo: the table's entries, applied when each module is imported
     imports        post-import hooks (standard library only)
     ray_classes    which class Ray instantiates for a @ray.remote class, and upstream's method under it

@@ -1,9 +1,10 @@
 """``--bypass_old_logprobs``: pi_old := pi_roll, without the actor's old-log-prob forward.
 
 Upstream's ``RemoteExperienceMaker.make_experience`` runs the actor over every rollout token to get
-``action_log_probs`` (pi_old). In bypass mode the actor group is replaced, for that call only, by
-``RolloutLogProbsGroup``, which answers the ``forward`` request with each micro-batch's
-``rollout_log_probs`` (the engine's processed log-probs) and runs nothing. The reward, critic and
+``action_log_probs`` (pi_old). In bypass mode ``make_experience`` announces its samples, and its
+dispatch of the actor group's forward (``_dispatch_forward``) goes instead to
+``RolloutLogProbsGroup``, which answers with each micro-batch's ``rollout_log_probs`` (the engine's
+processed log-probs) and runs nothing. The reward, critic and
 reference forwards are unchanged; the KL to the reference is then measured from pi_roll.
 
 The PPO ratio becomes pi_theta / pi_roll (the behaviour policy): the anchor of AReaL's, verl's
@@ -13,6 +14,7 @@ the CLI rejects those (``bypass_rejection``).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from typing import Optional
 
@@ -65,15 +67,43 @@ class RolloutLogProbsGroup:
         return ray.put(None)  # empty_cache after a colocated forward: nothing ran
 
 
+# The samples of the make_experience call in progress (bypass mode), for the forward dispatch.
+_SAMPLES: contextvars.ContextVar = contextvars.ContextVar("offpolicy_bypass_samples", default=None)
+
+
 def with_bypass(make_experience):
+    """``make_experience`` announcing its samples to ``with_bypass_dispatch`` for the call."""
+
     @functools.wraps(make_experience)
     def wrapped(self, samples_list, *args, **kwargs):
-        ds = self.strategy.args.ds
-        actor_group = self.actor_model_group
-        self.actor_model_group = RolloutLogProbsGroup(samples_list, ds.ring_attn_size * ds.tensor_parallel_size)
+        token = _SAMPLES.set(samples_list)
         try:
             return make_experience(self, samples_list, *args, **kwargs)
         finally:
-            self.actor_model_group = actor_group
+            _SAMPLES.reset(token)
 
     return wrapped
+
+
+def with_bypass_dispatch(dispatch_forward):
+    """``_dispatch_forward``: the actor group's forward goes to ``RolloutLogProbsGroup`` (nothing runs)."""
+
+    @functools.wraps(dispatch_forward)
+    def wrapped(self, group, sync_condition, **kwargs):
+        samples_list = _SAMPLES.get()
+        if samples_list is not None and group is self.actor_model_group:
+            ds = self.strategy.args.ds
+            group = RolloutLogProbsGroup(samples_list, ds.ring_attn_size * ds.tensor_parallel_size)
+        return dispatch_forward(self, group, sync_condition, **kwargs)
+
+    return wrapped
+
+
+def bypass_make_experience(original, settings):
+    """The patch-table factory ((original, settings) -> replacement) of ``with_bypass``."""
+    return with_bypass(original)
+
+
+def bypass_dispatch_forward(original, settings):
+    """The patch-table factory of ``with_bypass_dispatch``."""
+    return with_bypass_dispatch(original)

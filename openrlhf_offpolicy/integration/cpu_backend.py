@@ -22,6 +22,7 @@ replacements when they run.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import types
@@ -60,6 +61,11 @@ def cuda_noop(original, settings):
     return noop
 
 
+# True while upstream's NaiveReplayBuffer.__init__ runs: it formats f"cuda:{current_device()}", which
+# needs an index (``cpu_replay_buffer`` then sets its target device to the CPU).
+_DEVICE_INDEX_WANTED: contextvars.ContextVar = contextvars.ContextVar("offpolicy_device_index", default=False)
+
+
 def cpu_device(original, settings):
     """``torch.cuda.current_device()``: upstream moves tensors ``.to()`` it; on the CPU backend, the CPU."""
 
@@ -67,7 +73,7 @@ def cpu_device(original, settings):
     def current_device():
         import torch
 
-        return torch.device("cpu")
+        return 0 if _DEVICE_INDEX_WANTED.get() else torch.device("cpu")
 
     return current_device
 
@@ -89,12 +95,11 @@ def cpu_replay_buffer(original, settings):
     def __init__(self, *args, **kwargs):
         import torch
 
-        current = torch.cuda.current_device
-        torch.cuda.current_device = lambda: 0  # the f-string needs an index; replaced just below
+        token = _DEVICE_INDEX_WANTED.set(True)  # the f-string needs an index; replaced just below
         try:
             original(self, *args, **kwargs)
         finally:
-            torch.cuda.current_device = current
+            _DEVICE_INDEX_WANTED.reset(token)
         self.target_device = torch.device("cpu")
 
     return __init__

@@ -52,3 +52,8 @@ def with_engine_dtype(options, dtype: str):
         return _Options()
 
     return wrapped
+
+
+def engine_dtype_options(original, settings):
+    """The patch-table factory ((original, settings) -> replacement) of ``with_engine_dtype``."""
+    return with_engine_dtype(original, settings.engine_dtype)

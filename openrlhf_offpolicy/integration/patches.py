@@ -1,11 +1,11 @@
 """Install this project into a process running OpenRLHF 0.11.2: the one place that patches it.
 
-``install(settings)`` (alias ``apply``) registers, for every entry of ``patch_table.PATCHES``
-whose condition holds, a post-import hook on the entry's module: the entry is applied when that
-module is imported (or now, if it already is). Nothing is imported here: a process that never
-imports an upstream module never pays for it. ``current()`` is the settings installed (the
-wrappers read it when they are called, so a re-install with final settings reaches wrappers that
-upstream bound earlier). ``undo()`` restores every original and removes the hooks.
+``install(settings)`` registers, for every entry of ``patch_table.PATCHES`` with a wrapper whose
+condition holds, a post-import hook on the entry's module: the entry's active wrappers replace the
+symbol, composed in table order, when that module is imported (or now, if it already is). Nothing
+is imported here: a process that never imports an upstream module never pays for it. ``current()``
+is the settings installed (the wrappers read it when they are called, so a re-install with final
+settings reaches wrappers that upstream bound earlier). ``undo()`` restores every original and removes the hooks.
 
 Standard library only (plus ``settings`` and ``patch_table``): the Ray worker setup hook calls it.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 from . import imports
-from .patch_table import PATCHES, Patch
+from .patch_table import PATCHES, Patch, Wrapper
 from .settings import OffPolicySettings
 
 _originals: Dict[Tuple[int, str], Tuple[object, str, object]] = {}  # (id(owner), name) -> (owner, name, original)
@@ -43,14 +43,14 @@ def upstream_value(owner, name: str):
     return _replacements.get(id(value), value)
 
 
-def _apply_entry(patch: Patch, module, settings: OffPolicySettings) -> None:
+def _apply_entry(patch: Patch, wrappers: Tuple[Wrapper, ...], module, settings: OffPolicySettings) -> None:
+    """Replace the entry's symbol by its active wrappers, composed in table order on upstream's original."""
     owner, name = patch.owner_and_name(module)
-    original = upstream_value(owner, name)
     key = (id(owner), name)
-    current_value = getattr(owner, name)
-    # Entries on the same symbol compose, in table order.
-    base = current_value if key in _originals else original
-    replacement = patch.make(base, settings)
+    original = upstream_value(owner, name)
+    replacement = original
+    for wrapper in wrappers:
+        replacement = wrapper.make(replacement, settings)
     _originals.setdefault(key, (owner, name, original))
     _replacements[id(replacement)] = original
     setattr(owner, name, replacement)
@@ -69,18 +69,19 @@ def install(settings: OffPolicySettings) -> None:
         from .flash_attn_placeholder import install_flash_attn_placeholder
 
         install_flash_attn_placeholder()
-    by_module: Dict[str, List[Patch]] = {}
+    by_module: Dict[str, List[Tuple[Patch, Tuple[Wrapper, ...]]]] = {}
     for patch in PATCHES:
-        if patch.when(settings):
-            by_module.setdefault(patch.module, []).append(patch)
+        wrappers = patch.active(settings)
+        if wrappers:
+            by_module.setdefault(patch.module, []).append((patch, wrappers))
     for module_name, entries in by_module.items():
         imports.when_imported(module_name, _applier(entries, settings))
 
 
-def _applier(entries: List[Patch], settings: OffPolicySettings):
+def _applier(entries: List[Tuple[Patch, Tuple[Wrapper, ...]]], settings: OffPolicySettings):
     def on_import(module) -> None:
-        for patch in entries:
-            _apply_entry(patch, module, settings)
+        for patch, wrappers in entries:
+            _apply_entry(patch, wrappers, module, settings)
 
     return on_import
 

@@ -8,10 +8,10 @@ What is wrapped (entries in ``patch_table.PATCHES``):
     told the version being loaded (``begin``) and, once loaded, that it is live (``commit``). Inside
     a training step that version is ``global_step + 1`` (the weights after the update), else the
     trainer's current version (the broadcast upstream does when it resumes from a checkpoint);
-  * ``SamplesGenerator._generate_vllm``: every sample it returns gets ``experience.policy_version``
-    (``staleness.SampleVersion``): ``low`` is the clock's committed version when the batch is
-    dispatched; ``high`` is the clock's pending version when the sample's response is processed
-    with partial rollouts, else ``low``;
+  * ``SamplesGenerator._generate_vllm`` and ``_process_response_into_experience``: every sample the
+    former returns gets ``experience.policy_version`` (``staleness.SampleVersion``): ``low`` is the
+    clock's committed version when the batch is dispatched; ``high`` is the clock's pending version
+    when the sample's response is processed with partial rollouts, else ``low``;
   * ``BasePPOTrainer.train_step(rollout_samples, global_step)``: the trainer's version is
     ``global_step``; samples older than ``--max_staleness`` are dropped (whole prompt groups), the
     ``staleness/*`` metrics of the step are added to the status upstream logs.
@@ -31,6 +31,7 @@ generator, which are different processes in async mode.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import math
 from dataclasses import dataclass
@@ -210,27 +211,63 @@ def with_staleness_filter(train_step, max_staleness: Optional[int], tag_version_
 
 
 # --------------------------------------------------------------------------- generator side
+# (the policy version when the call began, whether weights may change during it), while
+# ``SamplesGenerator._generate_vllm`` runs; read by ``with_version_tag``.
+_GENERATION: contextvars.ContextVar = contextvars.ContextVar("offpolicy_generation_window", default=None)
+
+
 def with_version_tags(generate_vllm):
-    """Tag every sample of a generated batch with its ``SampleVersion``."""
+    """Open a generation window: every experience made during the call is tagged (``with_version_tag``)."""
 
     @functools.wraps(generate_vllm)
     def wrapped(self, *args, **kwargs):
-        import ray
-
         low, _ = read_clock()
         partial = bool(getattr(self.args.train, "partial_rollout_enable", False))
-        process = self._process_response_into_experience  # whatever other patches made of it
-
-        def tagged(response, **process_kwargs):
-            experience = process(response, **process_kwargs)
-            high = ray.get(clock().read.remote())[1] if partial else low
-            setattr(experience, ATTRIBUTE, SampleVersion(low, max(low, high)))
-            return experience
-
-        self._process_response_into_experience = tagged  # instance attribute, for this call only
+        token = _GENERATION.set((low, partial))
         try:
             return generate_vllm(self, *args, **kwargs)
         finally:
-            del self._process_response_into_experience
+            _GENERATION.reset(token)
 
     return wrapped
+
+
+def with_version_tag(process_response):
+    """``_process_response_into_experience`` inside a generation window: the experience gets its
+    ``SampleVersion`` (the window's start; with partial rollouts, the version reached since)."""
+
+    @functools.wraps(process_response)
+    def wrapped(self, response, *args, **kwargs):
+        experience = process_response(self, response, *args, **kwargs)
+        window = _GENERATION.get()
+        if window is not None:
+            import ray
+
+            low, partial = window
+            high = ray.get(clock().read.remote())[1] if partial else low
+            setattr(experience, ATTRIBUTE, SampleVersion(low, max(low, high)))
+        return experience
+
+    return wrapped
+
+
+# --------------------------------------------------------------------------- patch-table factories
+# The table's one factory shape, (original, settings) -> replacement (patch_table.py).
+def checkpoint_version(original, settings):
+    return with_checkpoint_version(original)
+
+
+def version_broadcast(original, settings):
+    return with_version_broadcast(original)
+
+
+def staleness_filter(original, settings):
+    return with_staleness_filter(original, settings.max_staleness, tag_version_lag=settings.needs_version_lag)
+
+
+def version_tags(original, settings):
+    return with_version_tags(original)
+
+
+def version_tag(original, settings):
+    return with_version_tag(original)

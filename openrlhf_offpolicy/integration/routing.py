@@ -346,3 +346,41 @@ def with_routing_training_step(training_step):
             return training_step(self, experience, *args, **kwargs)
 
     return wrapped
+
+
+# --------------------------------------------------------------------------- patch-table factories
+# The table's one factory shape, (original, settings) -> replacement (patch_table.py).
+def routed_experts_actor(original, settings):
+    return RoutedExpertsActor(original)
+
+
+def routed_experts_execute(original, settings):
+    return with_routed_experts(original)
+
+
+def routed_experience(original, settings):
+    return with_routed_experience(original)
+
+
+def routing_samples(original, settings):
+    return with_routing_samples(original, settings.routing_replay)
+
+
+def routing_dispatch(original, settings):
+    return with_routing_dispatch(original, settings.routing_replay)
+
+
+def recorded_split(original, settings):
+    return with_recorded_split(original)
+
+
+def routing_execute_batch(original, settings):
+    return with_routing_execute_batch(original)
+
+
+def routing_actor_forward(original, settings):
+    return with_routing_actor_forward(original)
+
+
+def routing_training_step(original, settings):
+    return with_routing_training_step(original)

@@ -46,8 +46,8 @@ def test_impossible_estimator_settings_exit_2(extra, estimator, message, capsys)
 
 def test_the_patch_table_replaces_upstreams_advantages_only_for_reinforce_max():
     [entry] = [p for p in PATCHES if p.target == "RemoteExperienceMaker.compute_advantages_and_returns"]
-    assert entry.when(OffPolicySettings(advantage_estimator="reinforce_max"))
-    assert not entry.when(OffPolicySettings())
+    assert entry.active(OffPolicySettings(advantage_estimator="reinforce_max"))
+    assert not entry.active(OffPolicySettings())
     owner, name = entry.owner_and_name()
     assert callable(getattr(owner, name))
 

@@ -56,13 +56,100 @@ def test_every_patched_upstream_symbol_is_unchanged_since_it_was_recorded():
     assert not changed, f"upstream changed under these patched symbols (read them again): {changed}"
 
 
-def test_every_entry_names_an_existing_symbol_and_no_replacement_is_listed_twice():
-    # A symbol may carry several entries (they compose in table order), each with its own replacement.
-    entries = [(p.symbol, p.make.__qualname__) for p in PATCHES]
-    assert len(entries) == len(set(entries))
+def test_every_entry_names_an_existing_symbol_once_with_wrappers_of_the_one_factory_shape():
+    symbols = [p.symbol for p in PATCHES]
+    assert len(symbols) == len(set(symbols)), "one entry per upstream symbol: list its wrappers in that entry"
     for patch in PATCHES:
-        assert callable(patch.make) and patch.why, patch.symbol
+        assert patch.wrappers and all(w.why for w in patch.wrappers), patch.symbol
+        for wrapper in patch.wrappers:
+            module_name, function = wrapper.make.__qualname__.split(":")
+            factory = getattr(importlib.import_module(f"openrlhf_offpolicy.integration.{module_name}"), function)
+            assert list(inspect.signature(factory).parameters) == ["original", "settings"], wrapper.make.__qualname__
         upstream_symbol(patch)
+
+
+THIRD_PARTY = ("torch", "ray", "vllm", "openrlhf", "deepspeed", "transformers")
+
+
+def replacements_outside_the_table(tree, rel):
+    """Where a module of the package replaces a third-party symbol itself: an assignment to an attribute
+    of an imported third-party module (``torch.cuda.current_device = ...``), or a wrapper
+    (``functools.wraps``) that sets a function on ``self`` (a per-call instance patch)."""
+    import ast
+
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name.split(".")[0] in THIRD_PARTY}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in THIRD_PARTY:
+            modules |= {a.asname or a.name for a in node.names}
+    found = []
+    for node in ast.walk(tree):
+        for target in node.targets if isinstance(node, ast.Assign) else []:
+            root = target
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(target, ast.Attribute) and isinstance(root, ast.Name) and root.id in modules:
+                found.append(f"{rel}:{node.lineno}: {ast.unparse(target)} = ...")
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+                "wraps" in ast.unparse(d) for d in node.decorator_list):
+            local_functions = {f.name for f in ast.walk(node)
+                               if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f is not node}
+            for sub in ast.walk(node):
+                for target in sub.targets if isinstance(sub, ast.Assign) else []:
+                    value = sub.value
+                    is_function = isinstance(value, ast.Lambda) or (
+                        isinstance(value, ast.Name) and value.id in local_functions)
+                    if isinstance(target, ast.Attribute) and ast.unparse(target.value) == "self" and is_function:
+                        found.append(f"{rel}:{sub.lineno}: {ast.unparse(target)} = {ast.unparse(value)}")
+    return found
+
+
+def test_the_table_is_one_literal_and_patches_py_is_the_only_module_that_replaces_upstream():
+    """No ``PATCHES +=``, no ``register()``, no replacement of a third-party symbol elsewhere (module
+    attributes, per-call instance patches); a ``setattr`` outside patches.py sets our own data."""
+    import ast
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(patches.__file__)))
+    table = ast.parse(open(os.path.join(package, "integration", "patch_table.py")).read())
+    writes = [n for n in ast.walk(table) if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+              and "PATCHES" in ast.unparse(n.targets[0] if isinstance(n, ast.Assign) else n.target)]
+    assert len(writes) == 1 and isinstance(writes[0], ast.AnnAssign), [ast.unparse(w) for w in writes]
+    own_data = {  # file -> what its setattr sets
+        os.path.join("integration", "patches.py"): "the table's replacements and their undo",
+        os.path.join("integration", "flash_attn_placeholder.py"): "attributes of our own placeholder module",
+        os.path.join("integration", "smoke.py"): "fields of the tiny model config the smoke test builds",
+        os.path.join("integration", "topk.py"): "trimmed tensor fields of an experience (data)",
+        os.path.join("integration", "policy_versions.py"): "the version tag of an experience (data)",
+        os.path.join("integration", "launch.py"): "sys.argv while upstream's __main__ runs (swapped)",
+    }
+    setattrs, replaced = {}, []
+    for root, _, files in os.walk(package):
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, package)
+            tree = ast.parse(open(path).read())
+            calls = [n.lineno for n in ast.walk(tree)
+                     if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "setattr"]
+            if calls:
+                setattrs[rel] = calls
+            if rel != os.path.join("integration", "patches.py"):
+                replaced += replacements_outside_the_table(tree, rel)
+    assert set(setattrs) <= set(own_data), {k: v for k, v in setattrs.items() if k not in own_data}
+    assert replaced == []
+
+
+def test_the_scan_finds_a_module_attribute_swap_and_a_per_call_instance_patch():
+    import ast
+
+    planted = ast.parse(
+        "import functools\nimport torch\nfrom openrlhf.trainer import ppo_utils\n"
+        "def f():\n    torch.cuda.current_device = lambda: 0\n    ppo_utils.Experience = object\n"
+        "def with_x(original):\n    @functools.wraps(original)\n    def wrapped(self):\n"
+        "        def tagged():\n            return 1\n        self.method = tagged\n"
+        "        self.data = 1\n    return wrapped\n")
+    found = replacements_outside_the_table(planted, "planted.py")
+    assert [line.split(":")[1] for line in found] == ["5", "6", "12"], found
 
 
 @pytest.mark.parametrize("settings", [
@@ -79,7 +166,7 @@ def test_undo_restores_every_symbol_including_the_launcher_hooks(monkeypatch, se
     for name in modules:
         importlib.import_module(name)
     before = {p.symbol: upstream_symbol(p) for p in PATCHES}
-    active = {p.symbol for p in PATCHES if p.when(settings)}
+    active = {p.symbol for p in PATCHES if p.active(settings)}
     assert {"ray.init", "ray.is_initialized", "openrlhf.utils.config.hierarchize"} <= active  # the launcher hooks
     patches.install(settings)
     try:

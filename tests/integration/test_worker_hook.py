@@ -85,6 +85,6 @@ def test_the_hook_never_queries_cuda_and_every_patch_takes_effect_when_a_worker_
         "print(json.dumps({'calls': calls, 'applied': patches.applied(), 'changed': changed}))\n"
     )
     assert report["calls"] == []
-    expected = sorted(p.symbol for p in PATCHES if p.module in WORKER_MODULES and p.when(SETTINGS))
+    expected = sorted(p.symbol for p in PATCHES if p.module in WORKER_MODULES and p.active(SETTINGS))
     assert sorted(report["applied"]) == expected
     assert all(changed for _, changed in report["changed"]), report["changed"]
