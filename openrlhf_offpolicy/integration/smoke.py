@@ -94,6 +94,7 @@ class SmokeRun:
     workdir: str
     tensorboard_dir: str
     notes: List[str] = field(default_factory=list)
+    bf16_for_fp16: bool = False  # this CPU has no fp16 kernels: trainer and engines run bf16 instead
 
 
 # --------------------------------------------------------------------------- argv editing
@@ -316,6 +317,12 @@ def prepare(upstream_argv: Sequence[str], steps: int, workdir: str) -> SmokeRun:
             argv = drop_flag(argv, flag)
             notes.append(f"dropped {flag} ({why})")
 
+    bf16_for_fp16 = flat.get("ds.param_dtype") == "fp16" and not cpu_fp16_supported()
+    if bf16_for_fp16:
+        argv = set_flag(argv, "--ds.param_dtype", "bf16")
+        notes.append("--ds.param_dtype fp16 runs as bf16, and fp16 engines as bf16 (this CPU has no fp16 kernels: "
+                     "DeepSpeed refuses fp16 on it)")
+
     # logs and checkpoints stay in the smoke directory unless given
     for flag in ("--logger.wandb.key", "--logger.wandb.org", "--logger.wandb.project", "--logger.wandb.group"):
         if flag in given:
@@ -326,7 +333,18 @@ def prepare(upstream_argv: Sequence[str], steps: int, workdir: str) -> SmokeRun:
     for flag, sub in (("--ckpt.output_dir", "output"), ("--ckpt.path", "checkpoints")):
         if flag not in given:
             argv = set_flag(argv, flag, os.path.join(workdir, sub))
-    return SmokeRun(argv=argv, workdir=workdir, tensorboard_dir=tensorboard, notes=notes)
+    return SmokeRun(argv=argv, workdir=workdir, tensorboard_dir=tensorboard, notes=notes, bf16_for_fp16=bf16_for_fp16)
+
+
+def cpu_fp16_supported() -> bool:
+    """Whether DeepSpeed's CPU accelerator takes fp16 on this machine: it asks oneDNN for fp16 kernels
+    (``is_fp16_supported``: CPUs with AVX512-FP16 or AMX-FP16), and refuses fp16 engines otherwise."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except Exception:  # an older torch without the probe: DeepSpeed then refuses fp16 too
+        return False
 
 
 # --------------------------------------------------------------------------- results
@@ -389,6 +407,8 @@ def run(upstream_argv: Sequence[str], settings, steps: int, mismatch: str, misma
         print(f"train_ppo_ray: smoke test: {note}", file=sys.stderr)
     os.environ.update(cpu_backend.WORKER_ENV)
     settings = replace(settings, cpu_backend=True, smoke_mismatch=mismatch, smoke_mismatch_scale=mismatch_scale)
+    if smoke.bf16_for_fp16 and settings.vllm_dtype == "float16":
+        settings = replace(settings, vllm_dtype="bfloat16", engine_dtype="bfloat16")
     args, _, _ = launch.run(smoke.argv, settings, explicit_flags=given_flags(smoke.argv), prog=prog)
     import ray
 

@@ -135,12 +135,16 @@ def test_a_two_turn_agent_with_segment_tis_logs_the_mismatch_of_each_turn(smoke)
 def test_bypass_with_trm_on_the_current_policy_topr_reinforce_max_and_fp16(smoke):
     """--bypass_old_logprobs (pi_old := pi_roll, no old-log-prob forward) with TRM gating pi_roll
     against pi_theta, the TOPR loss, reinforce_max advantages, and fp16 trainer and engines
-    (--vllm_dtype float16 needs the trainer's --ds.param_dtype fp16: the broadcast does not cast)."""
+    (--vllm_dtype float16 needs the trainer's --ds.param_dtype fp16: the broadcast does not cast).
+    On a CPU without fp16 kernels (DeepSpeed refuses fp16 there) both run bf16, with a note."""
+    from openrlhf_offpolicy.integration.smoke import cpu_fp16_supported
+
     run = smoke("--bypass_old_logprobs", "--enable_vllm_is_correction", "--vllm_is_correction_type", "trm",
                 "--trm_reference", "current", "--policy_loss_type", "topr", "--vllm_dtype", "float16",
                 "--ds.param_dtype", "fp16",
                 base=_base_without_estimator() + ["--algo.advantage.estimator", "reinforce_max"]).ok()
     finite(run.steps, ["policy_loss", "trm/accept_rate"])
+    assert ("--ds.param_dtype fp16 runs as bf16" in run.stderr) == (not cpu_fp16_supported())
 
 
 def test_topk_kl_trust_region_with_sapo_gets_the_engines_top_k_log_probs(smoke):
