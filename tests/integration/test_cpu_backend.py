@@ -105,18 +105,22 @@ def test_flash_attn_placeholders_import_but_refuse_calls_and_leave_triton_cross_
     assert proc.stdout.strip().endswith("OK")
 
 
-def test_replay_buffer_targets_the_cpu_and_restores_current_device():
+def test_replay_buffer_targets_the_cpu_and_current_device_is_the_cpu_again_after_it(monkeypatch):
+    """Both replacements of the CPU backend, as the table installs them: upstream's f"cuda:{index}"
+    gets an index inside the buffer's __init__ only, and no module attribute is swapped."""
     from openrlhf.trainer.ppo_utils.replay_buffer import NaiveReplayBuffer
 
     class Buffer(NaiveReplayBuffer):
         pass
 
+    current_device = cpu_backend.cpu_device(torch.cuda.current_device, None)
+    monkeypatch.setattr(torch.cuda, "current_device", current_device)
     Buffer.__init__ = cpu_backend.cpu_replay_buffer(NaiveReplayBuffer.__init__, None)
-    before = torch.cuda.current_device
     buffer = Buffer(sample_batch_size=2)
     assert buffer.target_device == torch.device("cpu")
     assert buffer.sample_batch_size == 2
-    assert torch.cuda.current_device is before
+    assert torch.cuda.current_device is current_device
+    assert torch.cuda.current_device() == torch.device("cpu")
 
 
 def test_cpu_device_and_noop_replacements():
