@@ -21,6 +21,7 @@ import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..corrections import CORRECTIONS, POLICY_LOSSES, OffPolicyConfig
+from ..corrections.config import same_value
 
 
 class UsageError(ValueError):
@@ -148,12 +149,6 @@ def check_inputs(ns: argparse.Namespace) -> None:
         raise UsageError(f"--train.agent_func_path {agent}: no such file (the smoke test loads the agent here)")
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return list(a) == list(b)
-    return a == b
-
-
 def check_ppo_clip_flags(config: OffPolicyConfig, upstream_given: Iterable[str], upstream_values: Dict[str, object],
                          upstream_defaults: Dict[str, object]) -> None:
     """Upstream's PPO clip flags under a loss without a PPO clip. ``upstream_values`` and
@@ -164,7 +159,7 @@ def check_ppo_clip_flags(config: OffPolicyConfig, upstream_given: Iterable[str],
     clipped = [n for n in POLICY_LOSSES.names() if POLICY_LOSSES.get(n).meta.get("ppo_clip", False)]
     for flag in CLIP_FLAGS:
         dest = flag[2:]
-        if flag in set(upstream_given) and not _same(upstream_values.get(dest), upstream_defaults.get(dest)):
+        if flag in set(upstream_given) and not same_value(upstream_values.get(dest), upstream_defaults.get(dest)):
             raise UsageError(
                 f"{flag} sets the PPO clip, which policy loss {config.policy_loss_type} does not have (it is read "
                 f"by {', '.join(clipped)}); drop {flag}"

@@ -62,7 +62,8 @@ def method_owners() -> Dict[str, Tuple[Tuple[str, str], ...]]:
     return owners
 
 
-def _same_value(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
+    """Equal, with a list and a tuple of the same items equal (a parsed flag against a declared default)."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return list(a) == list(b)
     return a == b
@@ -72,9 +73,9 @@ def check_parameters_are_read(given: Mapping[str, Any], config: "OffPolicyConfig
     """A method parameter set away from its default must be read by a selected method: a run would
     otherwise ignore it silently (``sapo_tau_pos`` with ``ppo``, ``trm_max_delta`` without ``trm``)."""
     declared, owners = method_params(), method_owners()
-    selected = {config.correction, config.policy_loss_type, *config.divergences}
+    selected = config.selected_methods
     for name in given:
-        if _same_value(config.param(name), declared[name].validate(declared[name].default)):
+        if same_value(config.param(name), declared[name].validate(declared[name].default)):
             continue
         if any(method in selected for _, method in owners[name]):
             continue
@@ -181,6 +182,11 @@ class OffPolicyConfig:
     @property
     def correction_enabled(self) -> bool:
         return self.correction != NO_CORRECTION
+
+    @property
+    def selected_methods(self) -> set:
+        """The registered names this configuration uses: its correction, its loss and their divergences."""
+        return {self.correction, self.policy_loss_type, *self.divergences}
 
     @property
     def divergences(self) -> Tuple[str, ...]:

@@ -120,31 +120,25 @@ def method_label(config) -> str:
     else:
         correction = "no-correction"
     from ..corrections import CORRECTIONS, DIVERGENCES, POLICY_LOSSES
-    from ..corrections.config import DEFAULT_THRESHOLD
+    from ..corrections.config import DEFAULT_THRESHOLD, same_value
 
     parts = [f"{config.policy_loss_type}-{correction}"]
     if config.correction_enabled and tuple(config.threshold) != tuple(DEFAULT_THRESHOLD):
         parts.append("band=" + ":".join(f"{v:g}" for v in config.threshold))
-    selected = {config.correction, config.policy_loss_type, *config.divergences}
+    selected = config.selected_methods
     for registry in (CORRECTIONS, POLICY_LOSSES, DIVERGENCES):
         for entry in registry:
             if entry.name not in selected:
                 continue
             for p in entry.params:
                 value = config.params[p.name]
-                if not _same(value, p.default):
+                if not same_value(value, p.default):
                     parts.append(f"{p.name}={_short(value)}")
     if config.rejection:
         parts.append("rejection=" + ",".join(c.name for c in config.rejection))
     if config.is_batch_normalize:
         parts.append("batch_normalized")
     return "-".join(dict.fromkeys(parts))
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return list(a) == list(b)
-    return a == b
 
 
 def _short(value) -> str:
