@@ -96,8 +96,8 @@ def main(argv=None):
     from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from openrlhf_offpolicy.integration import patches
-    from openrlhf_offpolicy.integration.settings import OffPolicySettings
+    from openrlhf_offpolicy.integration.runtime import patches
+    from openrlhf_offpolicy.integration.runtime.settings import OffPolicySettings
 
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=4,

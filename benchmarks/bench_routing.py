@@ -147,7 +147,7 @@ def main(argv=None):
 
 def transport_lines(args, summary):
     """Bytes per token of the routing: vLLM's array, the serialised experience field, an int64 copy."""
-    from openrlhf_offpolicy.integration.routing import experience_field
+    from openrlhf_offpolicy.integration.runtime.routing import experience_field
 
     tokens = 4096
     rng = np.random.default_rng(0)

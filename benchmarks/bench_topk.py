@@ -97,7 +97,7 @@ def transport(args):
     from openrlhf.utils.agent import SingleTurnAgentExecutor
     from vllm import SamplingParams
 
-    from openrlhf_offpolicy.integration.topk import with_rollout_arrays
+    from openrlhf_offpolicy.integration.runtime.topk import with_rollout_arrays
 
     A, K = args.tokens, args.k
     rows = sampler_rows(A, K)

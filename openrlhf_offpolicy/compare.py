@@ -6,7 +6,7 @@ A RUN is
   * ``wandb:ENTITY/PROJECT/RUN_ID`` (read through ``wandb.Api`` where it is reachable);
   * either of them prefixed ``LABEL=`` to set its method label.
 Runs are grouped by method: the label, else the run name without this project's ``_seed<N>_<time>_<id>``
-suffix (``integration.launch.run_name``), so the seeds of one configuration form one group. Each
+suffix (``integration.driver.launch.run_name``), so the seeds of one configuration form one group. Each
 panel shows the mean over a group's seeds at each step and a band of one standard error (no band for
 one seed). Scalars are read with tensorboard's own ``EventAccumulator``; the plot is matplotlib's.
 
@@ -55,7 +55,7 @@ class Run:
 
 
 def method_of(run_name: str) -> str:
-    """The method group of a run named by ``integration.launch.run_name`` (or any other name)."""
+    """The method group of a run named by ``integration.driver.launch.run_name`` (or any other name)."""
     return RUN_SUFFIX.sub("", run_name) or run_name
 
 

@@ -14,12 +14,12 @@ from typing import Dict
 
 def preset_loss_kwargs(path: str) -> dict:
     """``PolicyLoss`` kwargs of the run a preset describes (``configs/NAME.yaml`` or a file path)."""
-    from .cli.config_file import PACKAGED_CONFIGS
+    from .cli.config_file import packaged_file
     from .cli.train_ppo_ray import build_parser, config_tokens, settings_from
-    from .integration.upstream_args import loss_kwargs_from_args, peek_upstream_args
+    from .integration.runtime.upstream_args import loss_kwargs_from_args, peek_upstream_args
 
-    registered = path.startswith("configs/")  # the packaged file, whatever the working directory holds
-    tokens = config_tokens(os.path.join(PACKAGED_CONFIGS, path[len("configs/"):]) if registered else path)
+    # a registry preset reads the packaged file, whatever the working directory holds
+    tokens = config_tokens(packaged_file(path) or path)
     ours, upstream = build_parser().parse_known_args(tokens)
     settings = settings_from(ours)
     kwargs = loss_kwargs_from_args(peek_upstream_args(upstream))

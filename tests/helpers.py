@@ -141,7 +141,7 @@ class CPUStrategy:
 def micro_step_metrics(trainer, status) -> dict:
     """The logged metrics of a training step made of this one micro-batch (``training_step`` status)."""
     from openrlhf_offpolicy.corrections.metrics import HIDDEN_PREFIX
-    from openrlhf_offpolicy.integration.wrappers import step_metrics
+    from openrlhf_offpolicy.integration.runtime.wrappers import step_metrics
 
     reduced = {k: float(v.float().mean()) for k, v in status["metrics"].items() if k.startswith(HIDDEN_PREFIX)}
     metrics = step_metrics(trainer)
@@ -176,3 +176,13 @@ def cli_process(argv, tmp_path, cwd, timeout=120):
                             timeout=timeout, env=env)
     with open(out) as f:
         return result, json.load(f)
+
+
+def resolved(settings, **upstream_kwargs):
+    """``settings`` carrying the configuration the driver resolves before Ray starts (``driver.checks``),
+    for a trainer that builds its ``PolicyLoss`` with ``upstream_kwargs`` (what a test's trainer passes)."""
+    from openrlhf_offpolicy.corrections import resolve_config
+
+    if settings.policy_loss_type is not None:
+        upstream_kwargs["policy_loss_type"] = settings.policy_loss_type
+    return settings.with_config(resolve_config(**upstream_kwargs, **settings.loss_kwargs), upstream_kwargs)

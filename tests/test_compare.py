@@ -9,7 +9,7 @@ import matplotlib.image
 import pytest
 
 from openrlhf_offpolicy import compare
-from openrlhf_offpolicy.integration.launch import run_name
+from openrlhf_offpolicy.integration.driver.launch import run_name
 
 STEPS = 12
 

@@ -42,11 +42,11 @@ def test_only_integration_imports_openrlhf():
 def test_a_ray_workers_setup_hook_imports_no_torch_vllm_deepspeed_or_openrlhf():
     """The hook runs before Ray's CUDA_VISIBLE_DEVICES matters: post-import hooks only, every feature on."""
     code = ("import json, os, sys\n"
-            "from openrlhf_offpolicy.integration.settings import ENV_VAR, OffPolicySettings\n"
+            "from openrlhf_offpolicy.integration.runtime.settings import ENV_VAR, OffPolicySettings\n"
             "os.environ[ENV_VAR] = OffPolicySettings(logprobs_topk=4, match_rollout_sampling=True, "
             "rollout_top_p=0.9, routing_replay='r3', max_staleness=0, cpu_backend=True, "
             "advantage_estimator='reinforce_max').to_json()\n"
-            "from openrlhf_offpolicy.integration import worker, patches\n"
+            "from openrlhf_offpolicy.integration.runtime import worker, patches\n"
             "worker.setup()\n"
             "assert patches.current() is not None\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
@@ -57,7 +57,7 @@ def test_a_ray_workers_setup_hook_imports_no_torch_vllm_deepspeed_or_openrlhf():
 
 
 def test_the_import_linter_contracts_hold():
-    """Layers point down (cli -> integration -> models -> corrections), corrections and models import no
+    """Layers point down (cli -> driver -> runtime -> models -> corrections), corrections and models import no
     OpenRLHF/Ray/vLLM/DeepSpeed/transformers, and no sibling modules form a cycle (pyproject.toml)."""
     lint_imports = os.path.join(os.path.dirname(sys.executable), "lint-imports")
     out = subprocess.run([lint_imports, "--no-cache"], capture_output=True, text=True, cwd=REPO, timeout=300,
@@ -73,11 +73,36 @@ def test_a_planted_upward_import_breaks_the_contracts(tmp_path):
     shutil.copytree(os.path.join(REPO, "openrlhf_offpolicy"), tmp_path / "openrlhf_offpolicy",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(os.path.join(REPO, "pyproject.toml"), tmp_path / "pyproject.toml")
-    with open(tmp_path / "openrlhf_offpolicy" / "corrections" / "planted.py", "w") as f:
-        f.write("from ..cli import train_ppo_ray  # noqa: F401\n")
+    planted = {"corrections/planted.py": "from ..cli import train_ppo_ray  # noqa: F401\n",
+               # the runtime layer reaching up into the driver, inside a function
+               "integration/runtime/planted.py": "def f():\n    from ..driver import launch  # noqa: F401\n"}
+    for path, text in planted.items():
+        with open(tmp_path / "openrlhf_offpolicy" / path, "w") as f:
+            f.write(text)
+    lint_imports = os.path.join(os.path.dirname(sys.executable), "lint-imports")
+    out = subprocess.run([lint_imports, "--no-cache"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    report = " ".join(out.stdout.split())
+    assert out.returncode != 0
+    assert "openrlhf_offpolicy.corrections is not allowed to import openrlhf_offpolicy.cli" in report
+    assert ("openrlhf_offpolicy.integration.runtime is not allowed to import openrlhf_offpolicy.integration.driver"
+            in report)
+    assert "No import cycles between sibling modules BROKEN" in report
+
+
+def test_a_planted_cycle_between_two_runtime_modules_breaks_the_contracts(tmp_path):
+    """Zero cycles at every depth, counting imports inside functions: two modules of the runtime
+    layer importing each other (one of them lazily) are refused."""
+    import shutil
+
+    shutil.copytree(os.path.join(REPO, "openrlhf_offpolicy"), tmp_path / "openrlhf_offpolicy",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(REPO, "pyproject.toml"), tmp_path / "pyproject.toml")
+    runtime = tmp_path / "openrlhf_offpolicy" / "integration" / "runtime"
+    (runtime / "planted_a.py").write_text("from . import planted_b  # noqa: F401\n")
+    (runtime / "planted_b.py").write_text("def f():\n    from . import planted_a  # noqa: F401\n")
     lint_imports = os.path.join(os.path.dirname(sys.executable), "lint-imports")
     out = subprocess.run([lint_imports, "--no-cache"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert out.returncode != 0
-    assert "openrlhf_offpolicy.corrections is not allowed to import openrlhf_offpolicy.cli" in out.stdout
-    assert "No import cycles between sibling modules BROKEN" in out.stdout.replace("\n", " ")
+    assert "No import cycles between sibling modules BROKEN" in " ".join(out.stdout.split())

@@ -2,7 +2,7 @@
 
 All checks are generic over the flags: ours come from ``build_parser`` (so a flag added there is
 covered automatically), upstream's from upstream's own parser read from its source
-(``integration.upstream_source``, no upstream module imported):
+(``integration.driver.upstream_source``, no upstream module imported):
   * ``check_tokens``: unknown flags (with the nearest valid name), abbreviations (refused for every
     flag, ours and upstream's, so our parse, the peek and upstream's parse always agree), then one
     strict parse with both parsers' actions for wrong value counts, types, choices and NaN;

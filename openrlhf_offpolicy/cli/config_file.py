@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
 from .checks import UsageError
-from ..integration.redaction import ECHO_LIMIT
+from ..integration.runtime.redaction import ECHO_LIMIT
 
 MAX_BYTES = 64 << 10  # 64 KiB: the presets are under 2 KB; the worst case (a flat list of 30k values) answers in < 1 s
 MAX_DEPTH = 32
@@ -105,14 +105,21 @@ def read_text(path: str) -> str:
 PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
+def packaged_file(path: str) -> Optional[str]:
+    """The packaged preset a ``configs/NAME.yaml`` path names (None for any other path)."""
+    parts = os.path.normpath(path).split(os.sep)
+    if len(parts) != 2 or parts[0] != "configs" or not parts[1].endswith(".yaml"):
+        return None
+    return os.path.join(PACKAGED_CONFIGS, parts[1])
+
+
 def packaged_preset(path: str) -> str:
     """``configs/NAME.yaml`` as the packaged preset when no such file exists here (an installed wheel,
     or a run outside the checkout); every other path unchanged."""
-    parts = os.path.normpath(path).split(os.sep)
-    if os.path.lexists(path) or len(parts) != 2 or parts[0] != "configs" or not parts[1].endswith(".yaml"):
+    packaged = packaged_file(path)
+    if os.path.lexists(path) or packaged is None or not os.path.isfile(packaged):
         return path
-    packaged = os.path.join(PACKAGED_CONFIGS, parts[1])
-    return packaged if os.path.isfile(packaged) else path
+    return packaged
 
 
 def load_preset(path: str) -> Tuple[Dict[str, Any], str]:

@@ -58,7 +58,7 @@ def _cell(text: str) -> str:
 
 def neighbour_table() -> str:
     """Every neighbouring tool's name that the CLI maps or refuses, and what it is here."""
-    from ..integration.neighbour_names import (CORRECTION_ALIASES, CORRECTION_REFUSALS, VERL_FLAGS, VERL_PREFIX,
+    from ..integration.driver.neighbour_names import (CORRECTION_ALIASES, CORRECTION_REFUSALS, VERL_FLAGS, VERL_PREFIX,
                                                VERL_TO_OURS)
 
     rows = ["| name | here |", "|---|---|"]

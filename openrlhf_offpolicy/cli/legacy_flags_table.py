@@ -1,4 +1,4 @@
-"""Regenerate ``integration/legacy_flags.json`` (the derived part of the OpenRLHF 0.9.x -> 0.11.2 flag table).
+"""Regenerate ``integration/driver/legacy_flags.json`` (the derived part of the OpenRLHF 0.9.x -> 0.11.2 flag table).
 
     python -m openrlhf_offpolicy.cli.legacy_flags_table PATH/TO/0.9.10/openrlhf/cli/train_ppo_ray.py
 
@@ -13,8 +13,8 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from ..integration import legacy_flags
-from ..integration.upstream_source import installed_version, parser_from_source, upstream_parser
+from ..integration.driver import legacy_flags
+from ..integration.driver.upstream_source import installed_version, parser_from_source, upstream_parser
 from .train_ppo_ray import build_parser
 
 

@@ -28,14 +28,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 warnings.filterwarnings("ignore", message="The pynvml package is deprecated", category=FutureWarning)
 
 from ..corrections import POLICY_LOSSES, correction_choices, method_params  # noqa: E402
-from ..integration.advantages import translate_estimator  # noqa: E402
-from ..integration.routing_checks import unchecked_model_note  # noqa: E402
-from ..integration.sampling import with_rollout_sampling  # noqa: E402
-from ..integration.settings import OffPolicySettings  # noqa: E402
-from ..integration.upstream_args import given_flags, peek_upstream_args, vllm_enabled  # noqa: E402
+from ..corrections.config import ARGUMENT_HELP  # noqa: E402
+from ..integration.runtime.advantages import translate_estimator  # noqa: E402
+from ..integration.driver.routing_checks import unchecked_model_note  # noqa: E402
+from ..integration.runtime.sampling import with_rollout_sampling  # noqa: E402
+from ..integration.driver.checks import check_settings  # noqa: E402
+from ..integration.runtime.settings import OffPolicySettings  # noqa: E402
+from ..integration.runtime.upstream_args import given_flags, peek_upstream_args, vllm_enabled  # noqa: E402
 from . import checks  # noqa: E402
 from .config_file import load_preset  # noqa: E402
-from ..integration.redaction import REDACTED, is_secret_flag, redact_text, redact_value, secret_values, shorten_tokens  # noqa: E402
+from ..integration.runtime.redaction import (REDACTED, is_secret_flag, redact_text, redact_value,  # noqa: E402
+                                             secret_values, shorten_tokens)
 from ..corrections.registry import shorten  # noqa: E402
 from .checks import StrictParser as _Parser, UsageError  # noqa: E402,F401
 
@@ -53,19 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true",
                         help="print one note per translated OpenRLHF 0.9.x flag (default: one summary line)")
     parser.add_argument("--enable_vllm_is_correction", action="store_true",
-                        help="apply --vllm_is_correction_type to the policy loss")
+                        help=ARGUMENT_HELP["enable_vllm_is_correction"])
     parser.add_argument("--vllm_is_truncated_threshold", type=float, nargs="+", metavar=("LOW", "HIGH"),
-                        help="band [LOW, HIGH] of the correction statistic (a single value: [0, HIGH]); "
-                        "default 0.5 5.0")
-    parser.add_argument("--vllm_is_correction_type", choices=correction_choices(), help="mismatch correction")
-    parser.add_argument("--rejection", nargs="+", metavar="CRITERION",
-                        help="reject tokens/sequences by the mismatch, AND-combined with each other and the "
-                        "correction: AGG_METRIC:HIGH or AGG_METRIC:LOW:HIGH (AGG token/seq_sum/seq_mean/seq_max, "
-                        "METRIC k1/k2/k3), token_kpop:PHI, opsm:DELTA, veto:LOW")
-    parser.add_argument("--is_batch_normalize", action="store_true",
-                        help="rescale the correction's IS weights to mean 1 over each loss call")
+                        help=ARGUMENT_HELP["vllm_is_truncated_threshold"] + "; default 0.5 5.0")
+    parser.add_argument("--vllm_is_correction_type", choices=correction_choices(),
+                        help=ARGUMENT_HELP["vllm_is_correction_type"])
+    parser.add_argument("--rejection", nargs="+", metavar="CRITERION", help=ARGUMENT_HELP["rejection"])
+    parser.add_argument("--is_batch_normalize", action="store_true", help=ARGUMENT_HELP["is_batch_normalize"])
     parser.add_argument("--policy_loss_type", choices=POLICY_LOSSES.names(),
-                        help="policy loss (overrides --actor.policy_loss_type, which knows ppo/gspo only)")
+                        help=ARGUMENT_HELP["policy_loss_type"]
+                        + " (overrides --actor.policy_loss_type, which knows ppo/gspo only)")
     parser.add_argument("--vllm_logprobs_topk", type=int, default=0, metavar="K",
                         help="request the top-K log-probs of every generated token from vLLM (1..20) for the "
                         "topk_tv / topk_kl divergences")
@@ -272,7 +272,7 @@ def with_engine_dtype(settings: OffPolicySettings, upstream_args) -> OffPolicySe
     """The settings with the vLLM engines' dtype resolved (None without vLLM)."""
     from dataclasses import replace
 
-    from ..integration.engine_dtype import resolve_engine_dtype
+    from ..integration.runtime.engine_dtype import resolve_engine_dtype
 
     if not vllm_enabled(upstream_args):
         return settings
@@ -291,8 +291,7 @@ class Output:
         self.tokens += [str(t) for t in tokens]
 
     def clean(self, text: str) -> str:
-        from ..integration import legacy_flags
-
+        from ..integration.driver import legacy_flags
         secrets = secret_values(self.tokens, legacy_flags.table())
         return redact_text(shorten_tokens(text, self.tokens), secrets)
 
@@ -321,8 +320,8 @@ def parse(argv: Sequence[str], output: Optional[Output] = None):
     """(our namespace, settings, upstream argv) after the fast checks; UsageError/ValueError.
 
     Raises ``UpstreamMissing`` when OpenRLHF is not installed."""
-    from ..integration import legacy_flags, neighbour_names
-    from ..integration.upstream_source import upstream_parser
+    from ..integration.driver import legacy_flags, neighbour_names
+    from ..integration.driver.upstream_source import upstream_parser
 
     output = output if output is not None else Output(argv)
     ours_parser, upstream = build_parser(), upstream_parser()
@@ -338,8 +337,7 @@ def parse(argv: Sequence[str], output: Optional[Output] = None):
 
 
 def _parse_tokens(tokens: List[str], known: List[str], ours_parser, upstream, output: Output):
-    from ..integration import legacy_flags, neighbour_names
-
+    from ..integration.driver import legacy_flags, neighbour_names
     neighbour_notes: List[str] = []
     tokens = neighbour_names.translate(tokens, neighbour_notes.append, error=UsageError)
     output.add(tokens)
@@ -359,7 +357,7 @@ def _parse_tokens(tokens: List[str], known: List[str], ours_parser, upstream, ou
     settings = replace(settings_from(ours), advantage_estimator=estimator, uniform_scale=ours.uniform_scale)
     settings = with_rollout_sampling(settings, peeked)
     upstream_given = given_flags(upstream_argv)
-    config = settings.check(peeked, upstream_given)
+    config = check_settings(settings, peeked, upstream_given).config()
     settings = with_engine_dtype(settings, peeked)
     checks.check_ppo_clip_flags(config, upstream_given, vars(full), {a.dest: a.default for a in upstream._actions})
     # notes after the checks: a refused command line is one line
@@ -395,7 +393,7 @@ def redact(flat: Dict[str, object], secrets=()) -> Dict[str, object]:
 
 
 def print_help() -> int:
-    from ..integration.upstream_source import UpstreamMissing, upstream_parser
+    from ..integration.driver.upstream_source import UpstreamMissing, upstream_parser
 
     build_parser().print_help()
     try:
@@ -410,8 +408,7 @@ def print_help() -> int:
 
 
 def smoke_test(ours, settings, upstream_argv) -> int:
-    from ..integration import smoke
-
+    from ..integration.driver import smoke
     if ours.smoke_test < 1:
         raise UsageError(f"--smoke_test needs a number of steps >= 1, got {ours.smoke_test}")
     if ours.dry_run:
@@ -421,8 +418,8 @@ def smoke_test(ours, settings, upstream_argv) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..integration.launch import MissingDependency
-    from ..integration.upstream_source import UpstreamMissing
+    from ..integration.driver.launch import MissingDependency
+    from ..integration.driver.upstream_source import UpstreamMissing
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -432,7 +429,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ours, settings, upstream_argv = parse(argv, output)
         if ours.smoke_test is not None:
             return smoke_test(ours, settings, upstream_argv)
-        from ..integration.launch import run
+        from ..integration.driver.launch import run
 
         args, config, settings = run(upstream_argv, settings, dry_run=ours.dry_run,
                                      explicit_flags=given_flags(upstream_argv), prog=PROG)
@@ -440,8 +437,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         output.error(e)
         return 2
     if ours.dry_run:
-        from ..integration import legacy_flags
-
+        from ..integration.driver import legacy_flags
         secrets = secret_values(output.tokens, legacy_flags.table())
         resolved = {
             "upstream": redact(flatten(args), secrets),

@@ -14,9 +14,10 @@ function so a bad flag fails before Ray starts.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, field, make_dataclass, replace
+from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from functools import lru_cache
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
@@ -37,6 +38,29 @@ UPSTREAM_GATES = {
     ("seq", "mask", "binary_kl"): "seq-binary-kl-mask",
     ("token", "mask", "tv"): "tv-mask",
     ("seq", "mask", "tv"): "seq-tv-mask",
+}
+
+
+# What each non-method argument of resolve_config means, written once: PolicyLoss's help and the CLI's
+# flags of the same name read it (method parameters carry their own help in the registry).
+ARGUMENT_HELP = {
+    "clip_eps_low": "PPO clip: lower bound 1 - clip_eps_low on the ratio (losses with a PPO clip)",
+    "clip_eps_high": "PPO clip: upper bound 1 + clip_eps_high (DAPO clip-higher)",
+    "dual_clip": "dual-clip bound c > 1 for negative advantages, or None",
+    "token_level_loss": "True: mean over all tokens; False: mean over sequences of the token mean",
+    "policy_loss_type": "the policy loss",
+    "is_correction_level": "upstream 0.11.2 correction gate: granularity (off disables it)",
+    "is_correction_mode": "upstream gate: mask (drop) or clip (clamp) units out of the band",
+    "is_correction_gating": "upstream gate: the statistic the band applies to",
+    "is_correction_threshold": "upstream gate: [LOW, HIGH] band, or [HIGH] for an upper bound only",
+    "enable_vllm_is_correction": "0.9.x fork API: turn on vllm_is_correction_type",
+    "vllm_is_truncated_threshold": "0.9.x fork API: [LOW, HIGH] band of the correction statistic "
+                                   "(a single value: [0, HIGH])",
+    "vllm_is_correction_type": "0.9.x fork API: the mismatch correction (with enable_vllm_is_correction=True)",
+    "rejection": "reject tokens/sequences by the mismatch, AND-combined with each other and the correction: "
+                 "AGG_METRIC:HIGH or AGG_METRIC:LOW:HIGH (AGG token/seq_sum/seq_mean/seq_max, METRIC k1/k2/k3), "
+                 "token_kpop:PHI, opsm:DELTA, veto:LOW (docs/design.md, 'Rejection criteria')",
+    "is_batch_normalize": "rescale the correction's IS weights to mean 1 over the loss call",
 }
 
 
@@ -216,12 +240,62 @@ class OffPolicyConfig:
         """The method-specific metrics the selected loss and correction log."""
         return tuple(self.loss_entry.metrics) + (self.correction_entry.metrics if self.correction_enabled else ())
 
+    def to_dict(self) -> Dict[str, Any]:
+        """This validated configuration as plain JSON values, to cross a process boundary
+        (``from_dict(to_dict(c)) == c``); an unvalidated configuration is refused."""
+        if not self.validated:
+            raise ValueError("only a configuration returned by resolve_config can be serialised")
+        out: Dict[str, Any] = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "validated"}
+        out["threshold"] = list(self.threshold)
+        out["params"] = dict(self.params)
+        out["rejection"] = [asdict(c) for c in self.rejection]
+        return _json_safe(out)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "OffPolicyConfig":
+        """The configuration ``to_dict`` wrote, exactly (typed again: tuples, ``MethodParams``, criteria).
+
+        It was validated where it was resolved (``resolve_config``, in the driver), so it is not
+        validated again; a payload with fields this version does not declare is refused."""
+        values = dict(values)
+        unknown = set(values) - set(cls.__dataclass_fields__) | set(values.get("params", {})) - set(method_params())
+        if unknown or "validated" in values:
+            raise ValueError(f"not a serialised OffPolicyConfig of this version: unknown fields {sorted(unknown)}")
+        declared = method_params()
+        params = {name: _param_from_json(declared[name], v) for name, v in values.pop("params").items()}
+        rejection = tuple(Criterion(**{**c, "low": _float(c["low"]), "high": _float(c["high"])})
+                          for c in values["rejection"])
+        return cls(**{**values, "threshold": tuple(_float(v) for v in values["threshold"]),
+                      "params": method_params_type()(**params), "rejection": rejection, "validated": True})
+
     def describe(self) -> Dict[str, Any]:
         """A flat, printable view (for ``--dry_run`` and run names)."""
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "params"}
         out["rejection"] = [c.name for c in self.rejection]
         out.update(dict(self.params))
         return out
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON values: tuples become lists, an infinite float its name ("inf" / "-inf"; JSON has none)."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def _float(value: Any) -> Any:
+    """A float ``_json_safe`` wrote (an infinity arrives as its name)."""
+    return float(value) if value in ("inf", "-inf") else value
+
+
+def _param_from_json(param: Param, value: Any) -> Any:
+    if value is None or param.type is not float:
+        return tuple(value) if param.nargs and value is not None else value
+    return tuple(_float(v) for v in value) if param.nargs else _float(value)
 
 
 def finite_float(value: Any, name: str) -> float:

@@ -1,13 +1,13 @@
 """Async lab: final reward against staleness per method, and rollout precision (fp32/bf16/fp16).
 
     python -m openrlhf_offpolicy.lab.async_lab [--out lab_results/async] [--staleness 0 1 2 4 8] \
-        [--methods "no correction" "tis [0, 2]" ...] [--steps 60] [--seeds 0 1 2] [--precisions fp32 bf16 fp16]
+        [--methods baseline tis ...] [--steps 60] [--seeds 0 1 2] [--precisions fp32 bf16 fp16]
 
 Staleness sweep: the mismatch lab (``train.py``: Ray actors for the rollout engine and the trainer,
 the project's real ``PolicyLoss``) with the engine's weights ``s`` updates behind the trainer's,
 for every ``s`` and method; fp32 engine, no other mismatch, so staleness is the only source of
 pi_roll != pi_old. Each run logs the ``staleness/*`` metrics computed by the same bookkeeping as
-the OpenRLHF integration (``integration/staleness.py``); the table reports their mean over the
+the OpenRLHF integration (``integration/runtime/staleness.py``); the table reports their mean over the
 steps (``staleness/mean``), their maximum (``staleness/max``) and the measured mismatch KL.
 
 Precision: the same lab at staleness 0 with the engine's forward in float32, bfloat16 and float16
@@ -32,7 +32,7 @@ from .engines import ENGINE_DTYPES, Mismatch, supervised_warmup
 from .model import TinyConfig, TinyTransformer
 from .train import METHODS, LabConfig, pm, run_lab, summarize
 
-DEFAULT_METHODS = ["no correction", "tis [0, 2]", "icepop [0.5, 5]"]
+DEFAULT_METHODS = ["baseline", "tis", "icepop"]
 DEFAULT_STALENESS = [0, 1, 2, 4, 8]
 DEFAULT_PRECISIONS = ["fp32", "bf16", "fp16"]
 
@@ -154,7 +154,7 @@ def parse_args(argv=None):
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS), metavar="METHOD")
     parser.add_argument("--staleness", nargs="+", type=int, default=DEFAULT_STALENESS)
     parser.add_argument("--precisions", nargs="+", default=DEFAULT_PRECISIONS, choices=list(ENGINE_DTYPES))
-    parser.add_argument("--precision-method", default="no correction", choices=list(METHODS))
+    parser.add_argument("--precision-method", default="baseline", choices=list(METHODS))
     parser.add_argument("--steps", type=int, default=60,
                         help="RL steps per run (default %(default)s: 3 seeds of every block within ~15 minutes)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..integration.staleness import SampleVersion, staleness_stats
+from ..integration.runtime.staleness import SampleVersion, staleness_stats
 from ..models import PolicyLoss
 from .model import TinyConfig, TinyTransformer
 from .task import DigitTask
@@ -122,7 +122,7 @@ class Trainer:
 
         The engine generated the batch from weights of version ``batch["version"]`` (updates behind
         them); the trainer is at version ``self.updates``: the ``staleness/*`` metrics are those of
-        the OpenRLHF integration (``integration/staleness.py``), one version for the whole batch."""
+        the OpenRLHF integration (``integration/runtime/staleness.py``), one version for the whole batch."""
         versions = [SampleVersion(int(batch["version"]), int(batch["version"]))] * batch["sequences"].shape[0]
         staleness = staleness_stats(self.updates, versions, [True] * len(versions))
         prompt_len = self.task.prompt_len + 1

@@ -29,7 +29,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from ..corrections import resolve_config
 from ..models import PolicyLoss
+from ..presets import registered_presets
 from .tabular import (
     DTYPE,
     MismatchProblem,
@@ -43,22 +45,28 @@ from .tabular import (
 
 UNBOUNDED = (0.0, 1e6)  # an IS band that never binds in these problems
 
-# label -> PolicyLoss kwargs. Bands are chosen for the default mismatch sizes (KL 0.002 - 0.05).
-METHODS: Dict[str, dict] = {
-    "no correction": dict(),
-    "token IS": dict(vllm_is_correction_type="tis", vllm_is_truncated_threshold=UNBOUNDED),
-    "tis [0, 2]": dict(vllm_is_correction_type="tis", vllm_is_truncated_threshold=(0.0, 2.0)),
-    "icepop [0.5, 2]": dict(vllm_is_correction_type="icepop", vllm_is_truncated_threshold=(0.5, 2.0)),
-    "seq IS": dict(vllm_is_correction_type="seq-tis", vllm_is_truncated_threshold=UNBOUNDED),
-    "seq-tis [0, 2]": dict(vllm_is_correction_type="seq-tis", vllm_is_truncated_threshold=(0.0, 2.0)),
-    "seq-mis [0.5, 2]": dict(vllm_is_correction_type="seq-mis", vllm_is_truncated_threshold=(0.5, 2.0)),
-    "geo-mask [0.9, 1.1]": dict(vllm_is_correction_type="geo-mask", vllm_is_truncated_threshold=(0.9, 1.1)),
-    "seq-mask-tis [0.9, 1.1]": dict(vllm_is_correction_type="seq-mask-tis", vllm_is_truncated_threshold=(0.9, 1.1)),
-    "reinforce_pro [0.9, 1.1]": dict(vllm_is_correction_type="reinforce_pro", vllm_is_truncated_threshold=(0.9, 1.1)),
-    "trm max k2 0.02": dict(vllm_is_correction_type="trm", trm_max_delta=0.02),
-    "trm avg k3 0.02": dict(vllm_is_correction_type="trm", trm_max_delta=None, trm_avg_delta=0.02),
-    "dppo binary_tv 0.05": dict(policy_loss_type="dppo", dppo_delta=0.05, dppo_ratio_cap=1e4),
-}
+
+def _plain_is(correction: str) -> dict:
+    return dict(enable_vllm_is_correction=True, vllm_is_correction_type=correction,
+                vllm_is_truncated_threshold=UNBOUNDED)
+
+
+# The references every correction is measured against: no correction, and the untruncated token- and
+# sequence-level IS estimators (a registered correction whose band never binds).
+REFERENCES: Dict[str, dict] = {"no correction": {}, "token IS": _plain_is("tis"), "seq IS": _plain_is("seq-tis")}
+
+
+def exact_bench_supports(kwargs: dict) -> bool:
+    """The tabular problem has no top-K log-probs to give a top-K divergence."""
+    return not resolve_config(**kwargs).needs_topk
+
+
+# label -> PolicyLoss kwargs: the references, then every registered method's preset (the paper's values),
+# derived from the registry.
+METHODS: Dict[str, dict] = {**REFERENCES, **{name: kwargs for name, kwargs in registered_presets().items()
+                                             if exact_bench_supports(kwargs)}}
+# (geo_mask and seq_mask_tis are choices too; their presets' bands, sized for LLM mismatch, reject every sequence here)
+DEFAULT_METHODS = [*REFERENCES, "tis", "icepop", "seq_tis", "seq_mis", "reinforce_pro", "trm", "trm_avg", "dppo"]
 
 
 @dataclass
@@ -74,9 +82,6 @@ class EstimatorStats:
 
 
 def policy_loss(kwargs: dict) -> PolicyLoss:
-    kwargs = dict(kwargs)
-    if "vllm_is_correction_type" in kwargs:
-        kwargs["enable_vllm_is_correction"] = True
     return PolicyLoss(**kwargs)
 
 
@@ -129,7 +134,7 @@ class ExactProblem:
 def run_bench(lengths: Sequence[int], kls: Sequence[float], methods: Optional[Dict[str, dict]] = None,
               vocab: int = 3, seed: int = 0, markov: bool = True, sharpness: float = 1.5,
               progress: bool = True) -> List[EstimatorStats]:
-    methods = METHODS if methods is None else methods
+    methods = {label: METHODS[label] for label in DEFAULT_METHODS} if methods is None else methods
     modules = {label: policy_loss(kwargs) for label, kwargs in methods.items()}
     results: List[EstimatorStats] = []
     grid = [(kl, T) for kl in kls for T in lengths]
@@ -240,13 +245,17 @@ def main(argv=None) -> int:
                         help="per-token mismatch sizes KL(mu||pi) (default: 0.002 0.01 0.05; the middle one "
                         "is tabulated and plotted)")
     parser.add_argument("--vocab", type=int, default=3, help="vocabulary size V of the tabular policy (default 3)")
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS), metavar="METHOD",
+                        help=f"references and registered presets to compare (default: {' '.join(DEFAULT_METHODS)}); "
+                        f"choices: {', '.join(METHODS)}")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random pi and mismatch tables (default 0)")
     parser.add_argument("--out", default="lab_results/estimators",
                         help="output folder for estimators.csv/.md/.png (default lab_results/estimators)")
     args = parser.parse_args(argv)
     if max(args.lengths) > 12 or args.vocab ** (max(args.lengths) + 1) > 3e6:
         parser.error("vocab^(T+1) sequences must fit in memory: keep T <= 12 and vocab^(T+1) <= 3e6")
-    results = run_bench(args.lengths, args.kls, vocab=args.vocab, seed=args.seed)
+    results = run_bench(args.lengths, args.kls, {label: METHODS[label] for label in args.methods},
+                        vocab=args.vocab, seed=args.seed)
     kl = args.kls[len(args.kls) // 2]
     write_outputs(results, args.out, kl)
     print(markdown_table(results, kl))

@@ -1,6 +1,6 @@
 """Mismatch lab: real RL on CPU with a rollout engine and a trainer that disagree.
 
-    python -m openrlhf_offpolicy.lab.train [--methods "no correction" tis icepop ...] \
+    python -m openrlhf_offpolicy.lab.train [--methods baseline tis icepop ...] \
         [--staleness 3] [--precision bf16] [--noise-prob 0.2 --noise-std 3] [--steps 200] \
         [--seeds 0 1 2] [--out lab_results/train] [--wandb [--wandb-mode offline]]
 
@@ -39,24 +39,11 @@ from .task import DigitTask
 
 CONTROL = "no mismatch (control)"
 
-# label -> PolicyLoss kwargs; the control run trains without correction and without mismatch.
-METHODS: Dict[str, dict] = {
-    CONTROL: dict(),
-    "no correction": dict(),
-    "tis [0, 2]": dict(vllm_is_correction_type="tis", vllm_is_truncated_threshold=(0.0, 2.0)),
-    "icepop [0.5, 5]": dict(vllm_is_correction_type="icepop", vllm_is_truncated_threshold=(0.5, 5.0)),
-    "seq-tis [0, 2]": dict(vllm_is_correction_type="seq-tis", vllm_is_truncated_threshold=(0.0, 2.0)),
-    "geo-mask [0.9, 1.1]": dict(vllm_is_correction_type="geo-mask", vllm_is_truncated_threshold=(0.9, 1.1)),
-    "trm max k2 0.05": dict(vllm_is_correction_type="trm", trm_max_delta=0.05),
-    "seq-mis [0.5, 2]": dict(vllm_is_correction_type="seq-mis", vllm_is_truncated_threshold=(0.5, 2.0)),
-    "sapo": dict(policy_loss_type="sapo"),
-    "cispo": dict(policy_loss_type="cispo"),
-    "dppo binary_tv": dict(policy_loss_type="dppo"),
-}
-# Every registered method's preset (the paper's values) is a choice too, derived from the registry.
-METHODS.update({f"preset:{name}": kwargs for name, kwargs in registered_presets().items()})
-DEFAULT_METHODS = [CONTROL, "no correction", "tis [0, 2]", "icepop [0.5, 5]", "seq-tis [0, 2]",
-                   "geo-mask [0.9, 1.1]", "trm max k2 0.05"]
+# Every registered method's preset (the paper's values), derived from the registry: label -> PolicyLoss
+# kwargs. The control run trains the baseline (no correction) without mismatch.
+METHODS: Dict[str, dict] = {CONTROL: {}, **registered_presets()}
+METHODS[CONTROL] = METHODS["baseline"]
+DEFAULT_METHODS = [CONTROL, "baseline", "tis", "icepop", "seq_tis", "geo_mask", "trm"]
 
 
 @dataclass
@@ -79,10 +66,7 @@ class LabConfig:
 
 
 def loss_kwargs(label: str) -> dict:
-    kwargs = dict(METHODS[label])
-    if "vllm_is_correction_type" in kwargs:
-        kwargs["enable_vllm_is_correction"] = True
-    return kwargs
+    return dict(METHODS[label])
 
 
 class InlineActor:

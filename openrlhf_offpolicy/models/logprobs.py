@@ -19,7 +19,7 @@ policy, the one the rollout actually sampled from (slime and NeMo-RL do the same
 The kept set is computed with vLLM 0.29's own sequence of torch operations
 (``MinPLogitsProcessor.apply``, ``apply_top_k_top_p_pytorch``: the same sort, softmax, cumsum and
 float32 comparisons), so on identical logits it is identical token for token, ties included
-(tests/integration/test_sampling.py checks it against vLLM's function). vLLM is not imported here.
+(tests/integration/runtime/test_sampling.py checks it against vLLM's function). vLLM is not imported here.
 Residual: on a GPU, vLLM 0.29 sends batches of 8 or more rows to a Triton kernel
 (``apply_top_k_top_p_triton``) that trims ties to exactly k and finds the top-p cut by an
 approximate search; its kept set can differ from the PyTorch path's at the boundary (tokens

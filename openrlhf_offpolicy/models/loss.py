@@ -31,7 +31,7 @@ from ..corrections import (
     resolve_config,
 )
 from ..corrections.batch import make_policy_batch
-from ..corrections.config import UPSTREAM_GATES, correction_choices
+from ..corrections.config import ARGUMENT_HELP, UPSTREAM_GATES, correction_choices
 from ..corrections.normalize import batch_normalize
 from ..corrections.rejection import apply_rejection
 from ..corrections.diagnostics import (
@@ -48,26 +48,6 @@ from ..corrections.metrics import Mean, Statistic, as_statistic, masked_total, t
 TOPK_ARGUMENTS = ("rollout_topk_ids", "rollout_topk_log_probs", "topk_log_probs", "action_ids")
 # Upstream's own outputs (training_step logs them under these names), kept out of ``metrics``.
 UPSTREAM_OUTPUTS = ("ppo_clip_ratio", "ppo_kl", "vllm_kl", "is_filter_ratio")
-
-# What each non-method argument means (method parameters carry their own help in the registry).
-ARGUMENT_HELP = {
-    "clip_eps_low": "PPO clip: lower bound 1 - clip_eps_low on the ratio (losses with a PPO clip)",
-    "clip_eps_high": "PPO clip: upper bound 1 + clip_eps_high (DAPO clip-higher)",
-    "dual_clip": "dual-clip bound c > 1 for negative advantages, or None",
-    "token_level_loss": "True: mean over all tokens; False: mean over sequences of the token mean",
-    "policy_loss_type": "the policy loss",
-    "is_correction_level": "upstream 0.11.2 correction gate: granularity (off disables it)",
-    "is_correction_mode": "upstream gate: mask (drop) or clip (clamp) units out of the band",
-    "is_correction_gating": "upstream gate: the statistic the band applies to",
-    "is_correction_threshold": "upstream gate: [LOW, HIGH] band, or [HIGH] for an upper bound only",
-    "enable_vllm_is_correction": "0.9.x fork API: turn on vllm_is_correction_type",
-    "vllm_is_truncated_threshold": "0.9.x fork API: [LOW, HIGH] band of the correction statistic",
-    "vllm_is_correction_type": "0.9.x fork API: the mismatch correction (with enable_vllm_is_correction=True)",
-    "rejection": "composable rejection criteria, e.g. ('seq_max_k2:0.05', 'token_k1:-2:2'), AND-combined with "
-                 "the correction (docs/design.md, 'Rejection criteria and batch-normalised weights')",
-    "is_batch_normalize": "rescale the correction's IS weights to mean 1 over the loss call",
-}
-
 
 def _valid_values() -> Dict[str, List[str]]:
     return {

@@ -39,7 +39,7 @@ copied to the router's device once per forward, so no layer waits on the host.
 
 Counts: each replayed forward keeps, per MoE layer, which positions were replayed and which of
 them flipped (the router's own top-k set differs from the replayed set); ``counts(where)`` sums
-them over chosen positions. ``integration/routing.py`` turns them into ``routing/flip_rate`` and
+them over chosen positions. ``integration/runtime/routing.py`` turns them into ``routing/flip_rate`` and
 ``routing/replayed_frac`` over the positions that score action tokens.
 """
 

@@ -11,8 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture(autouse=True)
 def _undo_patches():
     yield
-    from openrlhf_offpolicy.integration import patches
-
+    from openrlhf_offpolicy.integration.runtime import patches
     patches.undo()
 
 

@@ -139,7 +139,7 @@ def test_no_planted_secret_reaches_any_output(case, tmp_path, capsys, monkeypatc
 
 
 def test_a_secret_in_the_url_is_redacted_but_the_host_is_kept():
-    from openrlhf_offpolicy.integration.redaction import redact_text
+    from openrlhf_offpolicy.integration.runtime.redaction import redact_text
 
     text = redact_text("https://u:p4ss@h.io/a?token=abc&b=2 and http://plain.io/x?q=1")
     assert text == "https://<redacted>@h.io/a?token=<redacted>&b=2 and http://plain.io/x?q=1"

@@ -390,10 +390,23 @@ def test_without_upstream_help_and_dry_run_say_how_to_install_it(tmp_path):
 def test_a_real_run_without_flash_attn_stops_with_one_line(monkeypatch):
     import importlib.util
 
-    from openrlhf_offpolicy.integration import launch
-
+    from openrlhf_offpolicy.integration.driver import launch
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "flash_attn" else real_find_spec(name, *a))
     with pytest.raises(launch.MissingDependency, match="a real run needs flash_attn.*pip install flash-attn"):
         launch.require_gpu_stack()
+
+
+def test_every_flag_named_after_a_policy_loss_argument_reads_the_librarys_help_text():
+    """The help of a PolicyLoss argument is written once (corrections.config.ARGUMENT_HELP, the registry's
+    Param.help): the CLI flag of the same name reads it."""
+    from openrlhf_offpolicy.cli.train_ppo_ray import build_parser
+    from openrlhf_offpolicy.corrections import method_params
+    from openrlhf_offpolicy.corrections.config import ARGUMENT_HELP
+
+    written_once = {**ARGUMENT_HELP, **{name: p.help for name, p in method_params().items()}}
+    shared = [a for a in build_parser()._actions if a.dest in written_once]
+    assert len(shared) >= 6 + len(method_params())
+    for action in shared:
+        assert action.help.startswith(written_once[action.dest]), action.dest

@@ -148,7 +148,7 @@ def test_bypass_with_trm_on_the_current_policy_topr_reinforce_max_and_fp16(smoke
     against pi_theta, the TOPR loss, reinforce_max advantages, and fp16 trainer and engines
     (--vllm_dtype float16 needs the trainer's --ds.param_dtype fp16: the broadcast does not cast).
     On a CPU without fp16 kernels (DeepSpeed refuses fp16 there) both run bf16, with a note."""
-    from openrlhf_offpolicy.integration.smoke import cpu_fp16_supported
+    from openrlhf_offpolicy.integration.driver.smoke import cpu_fp16_supported
 
     run = smoke("--bypass_old_logprobs", "--enable_vllm_is_correction", "--vllm_is_correction_type", "trm",
                 "--trm_reference", "current", "--policy_loss_type", "topr", "--vllm_dtype", "float16",

@@ -12,7 +12,7 @@ from openrlhf_offpolicy.lab.train import LabConfig
 def test_a_tiny_sweep_writes_tables_plot_and_the_measured_staleness(tmp_path):
     base = LabConfig(prompt_len=4, warmup_steps=3, prompts_per_step=4, samples_per_prompt=4, eval_every=1,
                      eval_prompts=8)
-    main(["--out", str(tmp_path), "--steps", "3", "--staleness", "0", "2", "--methods", "no correction",
+    main(["--out", str(tmp_path), "--steps", "3", "--staleness", "0", "2", "--methods", "baseline",
           "--precisions", "fp32", "fp16", "--inline"], base=base)
     summary = json.load(open(tmp_path / "summary.json"))
     by_staleness = {row["staleness"]: row for row in summary["sweep"]}
@@ -22,7 +22,7 @@ def test_a_tiny_sweep_writes_tables_plot_and_the_measured_staleness(tmp_path):
     assert by_staleness[2]["mismatch_k3"] > 0
     assert [row["precision"] for row in summary["precision"]] == ["fp32", "fp16"]
     text = open(tmp_path / "summary.md").read()
-    assert "| no correction | 2 |" in text and "| fp16 |" in text
+    assert "| baseline | 2 |" in text and "| fp16 |" in text
     assert (tmp_path / "staleness.png").stat().st_size > 10_000
 
 

@@ -11,8 +11,24 @@ from openrlhf_offpolicy.lab.tabular import enumerate_sequences, make_problem, se
 LENGTHS = [1, 2, 4, 6, 8]
 
 
+def _correction(name, band=None, **params):
+    band = {} if band is None else {"vllm_is_truncated_threshold": band}
+    return dict(enable_vllm_is_correction=True, vllm_is_correction_type=name, **band, **params)
+
+
+# The settings each theorem below is checked at (bands sized for these problems' mismatch, KL 0.01 - 0.05).
+SETTINGS = {
+    "tis [0, 2]": _correction("tis", (0.0, 2.0)),
+    "seq-mis [0.5, 2]": _correction("seq-mis", (0.5, 2.0)),
+    "geo-mask [0.9, 1.1]": _correction("geo-mask", (0.9, 1.1)),
+    "trm max k2 0.02": _correction("trm", trm_max_delta=0.02),
+    "trm avg k3 0.02": _correction("trm", trm_max_delta=None, trm_avg_delta=0.02),
+}
+SETTINGS.update(METHODS)
+
+
 def bench(methods, lengths=LENGTHS, kls=(0.01,), **kwargs):
-    results = run_bench(lengths, kls, methods={m: METHODS[m] for m in methods}, progress=False, **kwargs)
+    results = run_bench(lengths, kls, methods={m: SETTINGS[m] for m in methods}, progress=False, **kwargs)
     return {(r.method, r.length, r.kl): r for r in results}
 
 
@@ -97,7 +113,7 @@ GATES = {
 @pytest.mark.parametrize("method", sorted(GATES))
 def test_every_gates_accepted_set_obeys_its_threshold(method):
     exact = ExactProblem(make_problem(target_kl=0.02, seed=3), vocab=3, length=5)
-    weights = exact.gradient_weights(policy_loss(METHODS[method]))
+    weights = exact.gradient_weights(policy_loss(SETTINGS[method]))
     log_rho = (exact.log_pi - exact.log_mu).tolist()  # rho_t = pi_old / pi_roll
     kept = (weights != 0).all(dim=-1).tolist()
     dropped = (weights == 0).all(dim=-1).tolist()
@@ -109,8 +125,7 @@ def test_every_gates_accepted_set_obeys_its_threshold(method):
 
 def test_icepop_keeps_exactly_the_tokens_inside_its_band():
     exact = ExactProblem(make_problem(target_kl=0.05, seed=4), vocab=3, length=4)
-    weights = exact.gradient_weights(policy_loss(dict(vllm_is_correction_type="icepop",
-                                                      vllm_is_truncated_threshold=(0.8, 1.25))))
+    weights = exact.gradient_weights(policy_loss(_correction("icepop", (0.8, 1.25))))
     rho = (exact.log_pi - exact.log_mu).exp()
     inside = (rho >= 0.8) & (rho <= 1.25)
     assert torch.equal(weights != 0, inside) and not inside.all()
@@ -119,6 +134,19 @@ def test_icepop_keeps_exactly_the_tokens_inside_its_band():
 def test_the_bench_reads_the_real_policy_loss_gradient():
     """w_t from PolicyLoss equals A(y) c_t with c_t the correction's own coefficient."""
     exact = ExactProblem(make_problem(target_kl=0.02), vocab=3, length=3)
-    weights = exact.gradient_weights(policy_loss(METHODS["tis [0, 2]"]))
+    weights = exact.gradient_weights(policy_loss(SETTINGS["tis [0, 2]"]))
     rho = (exact.log_pi - exact.log_mu).exp().clamp(max=2.0)
     assert torch.allclose(weights, exact.advantage[:, None] * rho)
+
+
+def test_the_bench_lists_the_references_and_every_registered_preset_it_can_feed():
+    """Derived from the registry: every preset is a row, except those needing top-K log-probs."""
+    from openrlhf_offpolicy.corrections import resolve_config
+    from openrlhf_offpolicy.lab.estimators import DEFAULT_METHODS, REFERENCES
+    from openrlhf_offpolicy.presets import registered_presets
+
+    presets = registered_presets()
+    left_out = {name for name in presets if name not in METHODS}
+    assert left_out == {name for name, kwargs in presets.items() if resolve_config(**kwargs).needs_topk}
+    assert left_out and list(METHODS)[:len(REFERENCES)] == list(REFERENCES)
+    assert set(DEFAULT_METHODS) <= set(METHODS)

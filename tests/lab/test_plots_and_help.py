@@ -51,7 +51,7 @@ def test_estimator_plot_labels_axes_styles_methods_apart_and_zooms_acceptance(fi
     bias, variance, accept = fig.axes[:3]
     assert all(ax.get_ylabel() for ax in (bias, variance, accept))
     styles = {(ln.get_marker(), ln.get_linestyle(), ln.get_color()) for ln in bias.get_lines()}
-    assert len(styles) == len(estimators.METHODS)
+    assert len(styles) == len(estimators.DEFAULT_METHODS)
     lowest = min(r.accept for r in results)
     low, high = accept.get_ylim()
     assert low > 0.5 * lowest and low < lowest and high <= 1.05
