@@ -34,6 +34,10 @@ WORKER_ENV = {
     "DS_ACCELERATOR": "cpu",  # DeepSpeed's CPU accelerator: gloo collectives, no CUDA
     "TOKENIZERS_PARALLELISM": "false",
     "OMP_NUM_THREADS": "1",  # many small processes share the cores
+    # Upstream turns on Ray's zero-copy tensors. On a GPU the receiver's .to(device) copies; on the CPU
+    # the received tensor is a writable view of the object store's shared memory, which every reader of
+    # the object on the node aliases (Ray warns: "modifiable tensors may cause data corruption").
+    "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "0",
 }
 
 
