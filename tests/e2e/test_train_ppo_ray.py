@@ -62,9 +62,9 @@ def test_quickstart_command_line_with_the_trm_preset_runs_and_prints_the_summary
         "--config", "configs/trm.yaml"]
     run = smoke(*quickstart, model="Qwen/Qwen2.5-Math-1.5B", base=[], workdir=tmp_path / "first")
     if run.returncode != 0 and NAN_FIRST_STEP in run.stdout + run.stderr:
-        # Seen in about 2 of 9 runs on a 2-core CPU before the CPU backend turned off Ray's zero-copy
-        # tensors (cpu_backend.WORKER_ENV, the suspected cause, not proven): ZeRO-3 on gloo gave an
-        # all-NaN first training step and the broadcast NaN weights stopped the engine. One more run, reported.
+        # Known and not yet explained: in about 2 of 10 runs on a 2-core CPU, ZeRO-3 on gloo (this case
+        # only) gives an all-NaN first training step and the broadcast NaN weights stop the engine. Not
+        # Ray's zero-copy tensors (off in CPU runs since, and seen again). One more run, reported.
         warnings.warn(f"quickstart: NaN weights in the first run, running it again:\n{run.tail(15)}")
         run = smoke(*quickstart, model="Qwen/Qwen2.5-Math-1.5B", base=[], workdir=tmp_path / "second")
     run.ok()
