@@ -31,8 +31,7 @@ from ..corrections import POLICY_LOSSES, correction_choices, method_params  # no
 from ..corrections.config import ARGUMENT_HELP  # noqa: E402
 from ..integration.runtime.advantages import translate_estimator  # noqa: E402
 from ..integration.driver.routing_checks import unchecked_model_note  # noqa: E402
-from ..integration.runtime.sampling import with_rollout_sampling  # noqa: E402
-from ..integration.driver.checks import check_settings  # noqa: E402
+from ..integration.driver.launch import final_settings  # noqa: E402
 from ..integration.runtime.settings import OffPolicySettings  # noqa: E402
 from ..integration.runtime.upstream_args import given_flags, peek_upstream_args, vllm_enabled  # noqa: E402
 from . import checks  # noqa: E402
@@ -355,9 +354,8 @@ def _parse_tokens(tokens: List[str], known: List[str], ours_parser, upstream, ou
     })
     peeked = peek_upstream_args(upstream_argv)
     settings = replace(settings_from(ours), advantage_estimator=estimator, uniform_scale=ours.uniform_scale)
-    settings = with_rollout_sampling(settings, peeked)
     upstream_given = given_flags(upstream_argv)
-    config = check_settings(settings, peeked, upstream_given).config()
+    config, settings = final_settings(peeked, settings, upstream_given)  # as launch.run will, before Ray
     settings = with_engine_dtype(settings, peeked)
     checks.check_ppo_clip_flags(config, upstream_given, vars(full), {a.dest: a.default for a in upstream._actions})
     # notes after the checks: a refused command line is one line
